@@ -1,0 +1,1 @@
+"""Custom integrations (package marker so tests can import them)."""

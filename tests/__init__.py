@@ -1,0 +1,1 @@
+"""Tests for sonoff_ota."""
