@@ -31,7 +31,9 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                         CONF_WIFI_PASSWORD: user_input[CONF_WIFI_PASSWORD],
                     },
                 )
-        schema = vol.Schema(
+        # `Any`: HA 2026.x types forms as probatio schemas (voluptuous is aliased
+        # to probatio at runtime), 2025.x as voluptuous schemas.
+        schema: Any = vol.Schema(
             {
                 vol.Required(CONF_SSID): str,
                 vol.Optional(CONF_WIFI_PASSWORD, default=""): str,
