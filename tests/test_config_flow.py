@@ -7,6 +7,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers.translation import async_get_translations
 import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 
@@ -51,5 +52,18 @@ async def test_invalid_wifi_input_is_refused_then_recovers(
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], {CONF_SSID: "home", CONF_WIFI_PASSWORD: ""}
     )
-    assert result["type"] is FlowResultType.CREATE_ENTRY
-    assert result["data"] == {CONF_SSID: "home", CONF_WIFI_PASSWORD: ""}
+    assert result["type"] is FlowResultType.MENU
+    assert result["step_id"] == "path"
+
+
+async def test_saved_wifi_is_not_asked_again(hass: HomeAssistant) -> None:
+    MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=DOMAIN,
+        data={CONF_SSID: "home", CONF_WIFI_PASSWORD: "secret-password"},
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    assert result["type"] is FlowResultType.MENU
+    assert result["step_id"] == "path"

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.typing import ConfigType
+import voluptuous as vol
 
 from .const import DOMAIN
+from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
 
-CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+CONFIG_SCHEMA = vol.Schema({vol.Optional(DOMAIN): SETTINGS_SCHEMA}, extra=vol.ALLOW_EXTRA)
 
 
 @dataclass
@@ -19,6 +21,13 @@ class SonoffOtaData:
 
 
 type SonoffOtaConfigEntry = ConfigEntry[SonoffOtaData]
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Take the optional YAML settings (device and listener addresses)."""
+    if DOMAIN in config:
+        hass.data[SETTINGS_KEY] = settings_from_config(config[DOMAIN])
+    return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) -> bool:

@@ -1,14 +1,43 @@
-"""Config flow for Sonoff OTA."""
+"""Config flow for Sonoff OTA: the UI on top of the flash runs.
+
+The first run asks for the home Wi-Fi and stores it in the config entry (the
+only place HA keeps credentials). Every run then flashes one device and shows
+each stage of the flash as a progress step whose text and percentage come from
+the run's `FlashTracker`. A waiting stage that times out offers a retry of
+that stage; an abort closes every listener and drops the credentials.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
+from homeassistant.components import network
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.data_entry_flow import UnknownFlow
+from homeassistant.helpers.selector import (
+    SelectSelector,
+    SelectSelectorConfig,
+    SelectSelectorMode,
+)
 import voluptuous as vol
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
-from .wifi_settings import validate_wifi
+from .flash_server import DeviceBusyError, async_get_flash_server
+from .listeners import PortInUseError
+from .proto.firmware_store import FirmwareError
+from .proto.flash_stages import FlashTracker, Stage
+from .proto.setup_ap import SetupApError
+from .proto.setup_mode_flasher import SetupModeError, StageTimeoutError
+from .proto.wifi import WifiSettings, validate_wifi
+from .settings import get_settings
+from .setup_mode_run import SetupModeRun
+
+_LOGGER = logging.getLogger(__name__)
+
+CONF_CALLBACK_HOST = "callback_host"
 
 
 class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
@@ -16,21 +45,30 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
 
     VERSION = 1
 
+    def __init__(self) -> None:
+        """Start with nothing known."""
+        self._wifi: WifiSettings | None = None
+        self._run: SetupModeRun | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._resume_stage: Stage | None = None
+        self._error: tuple[str, dict[str, str]] | None = None
+        self._last_shown: tuple[str, int] | None = None
+        self._remove_listener: Any = None
+
+    # -- Wi-Fi and path --------------------------------------------------------------------
+
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """Ask for the home Wi-Fi the device will join."""
+        """Ask for the home Wi-Fi the device will join (once; later runs reuse it)."""
+        if entries := self._async_current_entries(include_ignore=False):
+            data = entries[0].data
+            self._wifi = WifiSettings(data[CONF_SSID], data[CONF_WIFI_PASSWORD])
+            return await self.async_step_path()
         errors: dict[str, str] = {}
         if user_input is not None:
             errors = validate_wifi(user_input[CONF_SSID], user_input[CONF_WIFI_PASSWORD])
             if not errors:
-                await self.async_set_unique_id(DOMAIN)
-                self._abort_if_unique_id_configured()
-                return self.async_create_entry(
-                    title="Sonoff OTA",
-                    data={
-                        CONF_SSID: user_input[CONF_SSID],
-                        CONF_WIFI_PASSWORD: user_input[CONF_WIFI_PASSWORD],
-                    },
-                )
+                self._wifi = WifiSettings(user_input[CONF_SSID], user_input[CONF_WIFI_PASSWORD])
+                return await self.async_step_path()
         # `Any`: HA 2026.x types forms as probatio schemas (voluptuous is aliased
         # to probatio at runtime), 2025.x as voluptuous schemas.
         schema: Any = vol.Schema(
@@ -42,3 +80,209 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             schema = self.add_suggested_values_to_schema(schema, {CONF_SSID: user_input[CONF_SSID]})
         return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
+
+    async def async_step_path(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Choose how to reach the device."""
+        return self.async_show_menu(step_id="path", menu_options=["setup_mode"])
+
+    # -- setup mode --------------------------------------------------------------------------
+
+    async def async_step_setup_mode(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Choose the address the device calls back; check the ports before anything else."""
+        assert self._wifi is not None
+        errors: dict[str, str] = {}
+        await async_get_flash_server(self.hass)  # a flow does not run async_setup
+        settings = get_settings(self.hass)
+        placeholders = {"ports": f"{settings.tls_port} and {settings.finalstage_port}"}
+        if user_input is not None:
+            run = SetupModeRun(self.hass, self._wifi, user_input[CONF_CALLBACK_HOST])
+            busy = await run.check_ports()
+            if busy:
+                errors["base"] = "port_in_use"
+                placeholders["ports"] = ", ".join(busy)
+            else:
+                self._run = run
+                return await self.async_step_flash()
+        default = await network.async_get_source_ip(self.hass)
+        choices = sorted(
+            {
+                str(ip)
+                for ip in await network.async_get_enabled_source_ips(self.hass)
+                if ip.version == 4
+            }
+            | {default}
+        )
+        schema: Any = vol.Schema(
+            {
+                vol.Required(CONF_CALLBACK_HOST, default=default): SelectSelector(
+                    SelectSelectorConfig(
+                        options=choices, custom_value=True, mode=SelectSelectorMode.DROPDOWN
+                    )
+                )
+            }
+        )
+        return self.async_show_form(
+            step_id="setup_mode",
+            data_schema=schema,
+            errors=errors,
+            description_placeholders=placeholders,
+        )
+
+    async def async_step_flash(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show the running flash; every stage is a progress step of its own."""
+        run = self._run
+        assert run is not None
+        if self._task is None:
+            if self._remove_listener is None:
+                self._remove_listener = run.tracker.add_listener(self._on_tracker_change)
+            self._task = self.hass.async_create_task(
+                self._async_flash(run), f"{DOMAIN} flash", eager_start=False
+            )
+        if not self._task.done():
+            self._last_shown = (run.tracker.stage, run.tracker.percentage)
+            self._shown_placeholders = self._placeholders(run.tracker)
+            return self.async_show_progress(
+                step_id="flash",
+                progress_action=str(run.tracker.stage),
+                description_placeholders=self._shown_placeholders,
+                progress_task=self._task,
+            )
+        task, self._task = self._task, None
+        try:
+            await task
+        except StageTimeoutError as err:
+            self._resume_stage = err.stage
+            return self.async_show_progress_done(next_step_id="stage_timeout")
+        except Exception:
+            return self.async_show_progress_done(next_step_id="failed")
+        if self._error is not None:
+            return self.async_show_progress_done(next_step_id="failed")
+        return self.async_show_progress_done(next_step_id="finish")
+
+    async def _async_flash(self, run: SetupModeRun) -> None:
+        """The progress task: prepare once, then run (or resume) the stages."""
+        try:
+            if run.flasher is None:
+                await run.prepare(progress=self._on_download_progress)
+            await run.run(self._resume_stage or Stage.WAIT_SETUP_AP)
+        except StageTimeoutError:
+            raise
+        except SetupModeError as err:
+            self._fail(run.tracker, err.code, err.placeholders)
+        except SetupApError as err:
+            self._fail(run.tracker, "setup_ap_error", {"reason": err.reason})
+        except DeviceBusyError as err:
+            self._fail(run.tracker, "device_busy", {"deviceid": err.deviceid})
+        except PortInUseError as err:
+            self._fail(run.tracker, "port_in_use", {"ports": f"{err.host}:{err.port}"})
+        except FirmwareError as err:
+            self._fail(
+                run.tracker,
+                "firmware_error",
+                {"reason": str(err.code), **{k: str(v) for k, v in err.params.items()}},
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _LOGGER.exception("Unexpected error during the flash")
+            self._fail(run.tracker, "unknown", {})
+
+    def _fail(self, tracker: FlashTracker, code: str, placeholders: dict[str, str]) -> None:
+        self._error = (code, placeholders)
+        tracker.fail(code, **placeholders)
+
+    def _on_download_progress(self, received: int, total: int | None) -> None:
+        if self._run is not None and total:
+            self._run.tracker.update(received / total)
+
+    def _on_tracker_change(self, tracker: FlashTracker) -> None:
+        """Push the new percentage, and refresh the text when the stage or details change."""
+        if tracker.finished or self._task is None:
+            return
+        if hasattr(self, "async_update_progress"):  # HA 2025.5+
+            self.async_update_progress(tracker.fraction)
+            changed = self._last_shown is None or self._last_shown[0] != tracker.stage
+        else:  # HA 2025.4: the percentage lives in the text
+            changed = self._last_shown != (tracker.stage, tracker.percentage)
+        if changed or self._placeholders(tracker) != self._shown_placeholders:
+            self.hass.async_create_task(self._async_refresh(), eager_start=False)
+
+    _shown_placeholders: dict[str, str] | None = None
+
+    async def _async_refresh(self) -> None:
+        with contextlib.suppress(UnknownFlow):
+            await self.hass.config_entries.flow.async_configure(self.flow_id)
+
+    def _placeholders(self, tracker: FlashTracker) -> dict[str, str]:
+        details = tracker.details
+        return {
+            "percentage": str(tracker.percentage),
+            "deviceid": details.get("deviceid", "?"),
+            "model": details.get("model", "?"),
+            "rom_version": details.get("rom_version", "?"),
+            "session": details.get("finalstage_session", "1"),
+            "sessions": details.get("finalstage_sessions", "1"),
+            "callback_host": self._run.callback_host if self._run else "",
+            "ssid": self._wifi.ssid if self._wifi else "",
+        }
+
+    async def async_step_stage_timeout(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """A waiting stage ran out of time: retry it, or give up."""
+        stage = self._resume_stage or Stage.WAIT_SETUP_AP
+        return self.async_show_menu(
+            step_id="stage_timeout",
+            menu_options=["flash", "cancel"],
+            description_placeholders={"stage": str(stage)},
+        )
+
+    async def async_step_cancel(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Give up after a timeout."""
+        await self._async_close()
+        return self.async_abort(reason="cancelled")
+
+    async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show why the flash stopped."""
+        await self._async_close()
+        code, placeholders = self._error or ("unknown", {})
+        return self.async_abort(reason=code, description_placeholders=placeholders)
+
+    async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """The device fetched Tasmota; tell the user what comes next."""
+        run = self._run
+        assert run is not None and self._wifi is not None
+        deviceid = run.tracker.details.get("deviceid", "")
+        run.tracker.done()
+        await self._async_close()
+        placeholders = {"deviceid": deviceid}
+        if self._async_current_entries(include_ignore=False):
+            return self.async_abort(
+                reason="flash_successful", description_placeholders=placeholders
+            )
+        await self.async_set_unique_id(DOMAIN)
+        return self.async_create_entry(
+            title="Sonoff OTA",
+            data={CONF_SSID: self._wifi.ssid, CONF_WIFI_PASSWORD: self._wifi.password},
+            description_placeholders=placeholders,
+        )
+
+    async def _async_close(self) -> None:
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+        if self._run is not None:
+            await self._run.close()
+
+    def async_remove(self) -> None:
+        """The flow is gone (finished, aborted or closed): stop everything it started."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        run, self._run = self._run, None
+        if run is not None:
+            if not run.tracker.finished:
+                run.tracker.abort()
+            self.hass.async_create_task(run.close(), f"{DOMAIN} close flash", eager_start=True)
+        self._wifi = None

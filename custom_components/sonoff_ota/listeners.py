@@ -1,0 +1,101 @@
+"""Private aiohttp listeners that exist only while a flash needs them.
+
+Old firmware forces two listeners HA's own server cannot be: a TLS one with
+legacy ciphers for the fake cloud, and plain HTTP on :8080 for the
+intermediate image. They run on their own `AppRunner` in HA's event loop (the
+`emulated_hue` pattern), never as a site on HA's runner, which would expose
+HA's whole API on them. There is no HA middleware on these apps: every view
+mounted here is unauthenticated by design and answers 404 to strangers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+import errno
+import logging
+import ssl
+
+from aiohttp import web
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class PortInUseError(Exception):
+    """The port a listener needs is held by another program."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is in use")
+        self.host = host
+        self.port = port
+
+
+class PrivateListener:
+    """One aiohttp app with our views, bound to one host/port (optionally TLS)."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        name: str,
+        views: Iterable[HomeAssistantView],
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Prepare (not yet bound) a listener serving `views`."""
+        self.name = name
+        self.host = host
+        self.port = port
+        self._ssl = ssl_context
+        self._app = web.Application()
+        self._app[KEY_HASS] = hass
+        for view in views:
+            view.register(hass, self._app, self._app.router)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while bound."""
+        return self._runner is not None
+
+    async def start(self) -> None:
+        """Bind; raise `PortInUseError` when the port is taken."""
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortInUseError(self.host, self.port) from err
+            raise
+        self._runner = runner
+        if self.port == 0 and site._server is not None:
+            sockets = getattr(site._server, "sockets", None) or []
+            if sockets:
+                self.port = sockets[0].getsockname()[1]
+        _LOGGER.debug("%s listening on %s:%s", self.name, self.host, self.port)
+
+    async def stop(self) -> None:
+        """Unbind and close open connections."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            _LOGGER.debug("%s on %s:%s closed", self.name, self.host, self.port)
+
+
+async def async_check_port_free(host: str, port: int) -> bool:
+    """Tell whether `host:port` can be bound right now (binds and releases it)."""
+    runner = web.AppRunner(web.Application(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError:
+        return False
+    finally:
+        await runner.cleanup()
+    return True

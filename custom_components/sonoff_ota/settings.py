@@ -1,0 +1,107 @@
+"""Device and listener addresses: real defaults, overridable from YAML.
+
+The real firmware hard-codes its addresses (10.10.7.1, 192.168.4.1, and
+192.168.4.2:8080 for FinalStage). They are defaults here, never constants in
+the code that uses them, so that tests, the demo and users with unusual
+networks can point the integration elsewhere:
+
+    sonoff_ota:
+      setup_ap_url: http://10.10.7.1
+      tasmota_ap_url: http://192.168.4.1
+      finalstage_bind: 0.0.0.0
+      finalstage_port: 8080
+      tls_bind: 0.0.0.0
+      tls_port: 8443
+      callback_host: 192.168.1.10
+      device_broker_host: 192.168.1.10
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import config_validation as cv
+from homeassistant.util.hass_dict import HassKey
+import voluptuous as vol
+
+from .const import DOMAIN
+
+SETTINGS_KEY: Final[HassKey[Settings]] = HassKey(f"{DOMAIN}_settings")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long each waiting stage waits before it offers a retry (seconds)."""
+
+    setup_ap: float = 300.0
+    dispatch: float = 300.0
+    upgrade: float = 300.0
+    finalstage: float = 900.0
+    diy_flash: float = 600.0
+    diy_reboot: float = 300.0
+    tasmota_ap: float = 180.0
+    discovery: float = 300.0
+    pinning_grace: float = 10.0
+    """A TLS hello with no request after this long means certificate pinning."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where devices and our listeners are (see the module docstring)."""
+
+    setup_ap_url: str = "http://10.10.7.1"
+    tasmota_ap_url: str = "http://192.168.4.1"
+    finalstage_bind: str = "0.0.0.0"  # noqa: S104 - the host gets 192.168.4.2 only later
+    finalstage_port: int = 8080
+    tls_bind: str = "0.0.0.0"  # noqa: S104 - devices reach us on the LAN address
+    tls_port: int = 8443
+    callback_host: str | None = None
+    """The address devices call back; default: the HA host's source IP."""
+    device_broker_host: str | None = None
+    """The MQTT broker address Tasmota is given; default: derived from HA's MQTT entry."""
+    pacing_scale: float = 1.0
+    """Multiplies the pauses of paced downloads (SonOTA's 0.9 s, then 0.3 s per 1400 B)."""
+    serve_from_ha: bool = True
+    """Serve DIY downloads from HA's own server when it is plain HTTP."""
+    firmware: dict[str, str] = field(default_factory=dict)
+    """Overrides of firmware source URLs (see proto.firmware_store.FirmwareSources)."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+_TIMEOUT_SCHEMA = vol.Schema(
+    {
+        vol.Optional(f.name): vol.All(vol.Coerce(float), vol.Range(min=0.05))
+        for f in fields(Timeouts)
+    }
+)
+
+SETTINGS_SCHEMA = vol.Schema(
+    {
+        vol.Optional("setup_ap_url"): cv.url,
+        vol.Optional("tasmota_ap_url"): cv.url,
+        vol.Optional("finalstage_bind"): cv.string,
+        vol.Optional("finalstage_port"): cv.port,
+        vol.Optional("tls_bind"): cv.string,
+        vol.Optional("tls_port"): cv.port,
+        vol.Optional("callback_host"): cv.string,
+        vol.Optional("device_broker_host"): cv.string,
+        vol.Optional("pacing_scale"): vol.All(vol.Coerce(float), vol.Range(min=0.001, max=10)),
+        vol.Optional("serve_from_ha"): cv.boolean,
+        vol.Optional("firmware"): {cv.string: cv.string},
+        vol.Optional("timeouts"): _TIMEOUT_SCHEMA,
+    }
+)
+
+
+def settings_from_config(config: dict[str, Any]) -> Settings:
+    """Build `Settings` from the validated YAML mapping."""
+    values = dict(config)
+    timeouts = Timeouts(**values.pop("timeouts", {}))
+    return Settings(**values, timeouts=timeouts)
+
+
+def get_settings(hass: HomeAssistant) -> Settings:
+    """The settings in force (defaults when YAML gave none)."""
+    return hass.data.get(SETTINGS_KEY) or Settings()

@@ -1,0 +1,125 @@
+"""One setup-mode flash inside Home Assistant: firmware, listeners, the flasher.
+
+The config flow is only the UI on top of this. It holds the Wi-Fi password in
+memory for as long as the flash runs and drops it on `close()`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+import logging
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+
+from .flash_server import FlashServer, async_get_flash_server
+from .listeners import PortInUseError, async_check_port_free
+from .proto.firmware_store import ProgressCallback
+from .proto.flash_stages import FlashPath, FlashTracker, Stage
+from .proto.setup_ap import DeviceInfo, SetupApClient
+from .proto.setup_mode_flasher import (
+    SetupModeFlasher,
+    SetupModeImages,
+    SetupModeJob,
+    SetupModeTimeouts,
+)
+from .proto.wifi import WifiSettings
+from .settings import get_settings
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class SetupModeRun:
+    """A setup-mode flash from first step to FinalStage (see the module docstring)."""
+
+    def __init__(self, hass: HomeAssistant, wifi: WifiSettings, callback_host: str) -> None:
+        """Prepare a run; nothing is opened until `prepare()`."""
+        self.hass = hass
+        self.tracker = FlashTracker(FlashPath.SETUP_MODE)
+        self.callback_host = callback_host
+        self._wifi: WifiSettings | None = wifi
+        self._stack = AsyncExitStack()
+        self._server: FlashServer | None = None
+        self.flasher: SetupModeFlasher | None = None
+        self.synthetic_images = False
+
+    async def check_ports(self) -> list[str]:
+        """Ports this flash needs that another program holds (`host:port` strings)."""
+        settings = get_settings(self.hass)
+        busy: list[str] = []
+        for host, port in (
+            (settings.tls_bind, settings.tls_port),
+            (settings.finalstage_bind, settings.finalstage_port),
+        ):
+            if port and not await async_check_port_free(host, port):
+                busy.append(f"{host}:{port}")
+        return busy
+
+    async def prepare(self, progress: ProgressCallback | None = None) -> None:
+        """Fetch and check the images, open the listeners, build the flasher."""
+        server = self._server = await async_get_flash_server(self.hass)
+        settings = server.settings
+        user1, user2, final = await server.firmware.get_setup_images(progress=progress)
+        self.synthetic_images = any(image.synthetic for image in (user1, user2, final))
+        images = SetupModeImages(
+            user1=await server.firmware.read_bytes(user1),
+            user2=await server.firmware.read_bytes(user2),
+            final=await server.firmware.read_bytes(final),
+        )
+        self.tracker.update(
+            1.0,
+            final_sha256=final.sha256,
+            user1_sha256=user1.sha256,
+            user2_sha256=user2.sha256,
+        )
+        try:
+            await self._stack.enter_async_context(server.listeners(tls=True, plain=True))
+        except PortInUseError:
+            await self._stack.aclose()
+            raise
+        wifi = self._wifi
+        assert wifi is not None
+        timeouts = settings.timeouts
+        job = SetupModeJob(
+            wifi=wifi,
+            callback_host=self.callback_host,
+            tls_port=lambda: server.tls_port,
+            download_base=lambda: f"http://{self.callback_host}:{server.plain_port}",
+            images=images,
+            timeouts=SetupModeTimeouts(
+                setup_ap=timeouts.setup_ap,
+                dispatch=timeouts.dispatch,
+                upgrade=timeouts.upgrade,
+                finalstage=timeouts.finalstage,
+                ap_retry_delay=min(2.0, max(timeouts.setup_ap / 50, 0.05)),
+                pinning_grace=timeouts.pinning_grace,
+            ),
+        )
+        self.flasher = SetupModeFlasher(
+            self.tracker,
+            job,
+            ap_client=SetupApClient(async_get_clientsession(self.hass), settings.setup_ap_url),
+            cloud=server.cloud,
+            images=server.images,
+            tls_observer=server.tls_observer,
+            on_device=self._claim,
+        )
+
+    def _claim(self, device: DeviceInfo) -> None:
+        assert self._server is not None
+        self._server.claim(device.deviceid, self.tracker)
+
+    async def run(self, from_stage: Stage = Stage.WAIT_SETUP_AP) -> None:
+        """Run (or resume at `from_stage`) until the intermediate image fetched Tasmota."""
+        assert self.flasher is not None
+        await self.flasher.run(from_stage)
+
+    async def close(self) -> None:
+        """Close listeners, stop serving, free the device, forget the password."""
+        self._wifi = None
+        if self.flasher is not None:
+            self.flasher.job.wifi = WifiSettings(ssid=self.flasher.job.wifi.ssid, password="")
+            self.flasher.close()
+            if self._server is not None and self.flasher.device is not None:
+                self._server.release(self.flasher.device.deviceid, self.tracker)
+        await self._stack.aclose()
