@@ -1,0 +1,353 @@
+"""Network hop through the Supervisor network API (HAOS / Supervised).
+
+Facts: shared/spec/host-wifi-hopping.md §1. Surprises handled here:
+- the body is sent as raw JSON with `wifi.auth`: aiohasupervisor's `WifiConfig` serialises the
+  field as `method`, which the Supervisor's schema rejects with HTTP 400 (§1.7 BUG 1);
+- `update` blocks until NM reports the activation, and is shielded on the Supervisor side, so the
+  client timeout is long (>= 60 s in production, §1.6) and a timed-out update may still complete;
+- the Supervisor keeps ONE profile per interface and edits the active one in place (§1.3):
+  before the next target and at the end we send `{"enabled": false}` while our profile is still
+  active (afterwards the API cannot delete it), so every hop is a fresh create (no WPA block left
+  over on the open FinalStage profile);
+- `/network/info` never returns a PSK: a Wi-Fi-only host can be restored only with the home
+  SSID/PSK supplied by the user (§1.8 step 5);
+- a failed activation leaves a saved, inactive profile the API can neither list nor delete (§1.3);
+  it is reported in `RestoreResult.detail`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from ipaddress import IPv4Interface, IPv4Network
+import logging
+from typing import Any, Final
+
+import aiohttp
+
+from .host_wifi import (
+    HOP_NETWORKS,
+    HopBackend,
+    HopError,
+    HopErrorCode,
+    HopPlan,
+    HopTarget,
+    JoinedNetwork,
+    LinkCallback,
+    LinkEvent,
+    RestoreResult,
+    WifiHop,
+    parse_cidr,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_TIMEOUT: Final = 90.0
+"""`update` blocks until activated; DHCP/association trouble takes 45 s+ (spec §1.6)."""
+DEFAULT_INFO_TIMEOUT: Final = 15.0
+DEFAULT_ACCESS_POINT_TIMEOUT: Final = 20.0
+"""`/accesspoints` sleeps a fixed 5 s after RequestScan (spec §1.1)."""
+DEFAULT_POLL_INTERVAL: Final = 1.0
+DEFAULT_SETTLE_TIMEOUT: Final = 60.0
+"""After a timed-out update, how long to wait for the Supervisor to finish it before leaving."""
+ACTIVATION_FAILED_TEXT: Final = "Activating connection failed"
+
+
+class _SupervisorHTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def update_body(target: HopTarget) -> dict[str, Any]:
+    """Raw JSON for `POST /network/interface/<if>/update` joining `target` (spec §1.8 step 3).
+
+    Static address without gateway/nameservers: no default route, no DNS (spec §1.4).
+    """
+    wifi: dict[str, Any] = {"mode": "infrastructure", "ssid": target.ssid}
+    if target.psk is None:
+        wifi["auth"] = "open"
+    else:
+        wifi["auth"] = "wpa-psk"
+        wifi["psk"] = target.psk
+    return {
+        "enabled": True,
+        "wifi": wifi,
+        "ipv4": {"method": "static", "address": [str(target.address)]},
+        "ipv6": {"method": "disabled"},
+    }
+
+
+def home_body(previous: dict[str, Any], ssid: str, psk: str | None) -> dict[str, Any]:
+    """Raw JSON re-creating the home Wi-Fi from the interface struct seen before the hop."""
+    wifi: dict[str, Any] = {"mode": "infrastructure", "ssid": ssid}
+    if psk:
+        wifi["auth"] = "wpa-psk"
+        wifi["psk"] = psk
+    else:
+        wifi["auth"] = "open"
+    body: dict[str, Any] = {"enabled": True, "wifi": wifi}
+    ipv4 = previous.get("ipv4") or {}
+    if ipv4.get("method") == "static":
+        static: dict[str, Any] = {"method": "static", "address": list(ipv4.get("address") or [])}
+        if ipv4.get("gateway"):
+            static["gateway"] = ipv4["gateway"]
+        if ipv4.get("nameservers"):
+            static["nameservers"] = list(ipv4["nameservers"])
+        body["ipv4"] = static
+    else:
+        body["ipv4"] = {"method": "auto"}
+    ipv6_method = (previous.get("ipv6") or {}).get("method")
+    if ipv6_method in ("auto", "disabled"):
+        body["ipv6"] = {"method": ipv6_method}
+    return body
+
+
+def _networks(struct: dict[str, Any]) -> list[IPv4Network]:
+    result = []
+    for value in (struct.get("ipv4") or {}).get("address") or []:
+        address = parse_cidr(str(value))
+        if address is not None:
+            result.append(address.network)
+    return result
+
+
+class SupervisorWifiHop(WifiHop):
+    """Hop through the Supervisor at `base_url` (e.g. `http://supervisor`) with `token`.
+
+    `interface` picks the wireless interface (default: a non-primary one, else the first).
+    `home_wifi=(ssid, psk)` is required to restore a Wi-Fi-only host (the PSK cannot be read).
+    """
+
+    backend = HopBackend.SUPERVISOR
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        token: str,
+        interface: str | None = None,
+        confirm_wifi_only: bool = False,
+        home_wifi: tuple[str, str] | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        settle_timeout: float = DEFAULT_SETTLE_TIMEOUT,
+        check_access_points: bool = True,
+        hop_networks: Iterable[IPv4Network] = HOP_NETWORKS,
+        on_link: LinkCallback | None = None,
+    ) -> None:
+        super().__init__(
+            confirm_wifi_only=confirm_wifi_only, hop_networks=hop_networks, on_link=on_link
+        )
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._token = token
+        self._wanted_interface = interface
+        self._home_wifi = home_wifi
+        self._request_timeout = request_timeout
+        self._poll_interval = poll_interval
+        self._settle_timeout = settle_timeout
+        self._check_access_points = check_access_points
+        self._interface: str | None = None
+        self._previous: dict[str, Any] | None = None
+        self._our_ssid: str | None = None
+        self._update_unsettled = False
+        self._stale: list[str] = []
+
+    def __repr__(self) -> str:  # token and PSKs stay out
+        return f"SupervisorWifiHop(base_url={self._base_url!r}, interface={self._interface!r})"
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, total: float = 0
+    ) -> dict[str, Any]:
+        try:
+            async with self._session.request(
+                method,
+                f"{self._base_url}{path}",
+                json=body,
+                headers={"Authorization": f"Bearer {self._token}"},
+                timeout=aiohttp.ClientTimeout(total=total or DEFAULT_INFO_TIMEOUT),
+            ) as resp:
+                try:
+                    payload = await resp.json(content_type=None)
+                except ValueError:
+                    payload = None
+                if not isinstance(payload, dict):
+                    payload = {}
+                if resp.status >= 400 or payload.get("result") == "error":
+                    raise _SupervisorHTTPError(resp.status, str(payload.get("message", "")))
+                data = payload.get("data")
+                return data if isinstance(data, dict) else {}
+        except aiohttp.ClientError as err:
+            raise HopError(
+                HopErrorCode.BACKEND_UNAVAILABLE, f"Supervisor unreachable: {err!r}"
+            ) from err
+
+    async def _interface_info(self) -> dict[str, Any]:
+        return await self._request("GET", f"/network/interface/{self._interface}/info")
+
+    async def _update(self, body: dict[str, Any]) -> None:
+        await self._request(
+            "POST",
+            f"/network/interface/{self._interface}/update",
+            body,
+            total=self._request_timeout,
+        )
+
+    # -- inspect ------------------------------------------------------------------------------
+
+    async def _inspect(self) -> HopPlan:
+        try:
+            info = await self._request("GET", "/network/info")
+        except _SupervisorHTTPError as err:
+            raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
+        interfaces = [i for i in info.get("interfaces") or [] if isinstance(i, dict)]
+        wifi = [i for i in interfaces if i.get("type") == "wireless"]
+        if self._wanted_interface is not None:
+            wifi = [i for i in wifi if i.get("interface") == self._wanted_interface]
+        if not wifi:
+            raise HopError(HopErrorCode.NO_WIFI_INTERFACE, "the Supervisor reports no Wi-Fi")
+
+        def carries_lan(struct: dict[str, Any]) -> bool:
+            others = [i for i in interfaces if i is not struct and i.get("connected")]
+            return bool(struct.get("connected")) and (bool(struct.get("primary")) or not others)
+
+        wifi.sort(key=carries_lan)  # a spare adapter first (spec §0.4)
+        chosen = wifi[0]
+        self._interface = str(chosen["interface"])
+        self._previous = chosen
+        networks = tuple(n for i in interfaces for n in _networks(i))
+        return HopPlan(
+            HopBackend.SUPERVISOR,
+            self._interface,
+            carries_lan(chosen),
+            networks,
+            self._confirm_wifi_only,
+        )
+
+    async def prepare(self) -> HopPlan:
+        """As `WifiHop.prepare`; a Wi-Fi-only host also needs `home_wifi` (PSK not readable)."""
+        plan = await super().prepare()
+        if plan.carries_lan and self._home_wifi is None:
+            raise HopError(
+                HopErrorCode.NEEDS_HOME_CREDENTIALS,
+                f"{plan.interface} carries the LAN; the home SSID/PSK is needed to restore it",
+            )
+        return plan
+
+    # -- join ---------------------------------------------------------------------------------
+
+    async def _failure_code(self, target: HopTarget) -> HopErrorCode:
+        """The Supervisor only says "Activating connection failed": ask whether the AP is there."""
+        if not self._check_access_points:
+            return HopErrorCode.ACTIVATION_FAILED
+        try:
+            data = await self._request(
+                "GET",
+                f"/network/interface/{self._interface}/accesspoints",
+                total=DEFAULT_ACCESS_POINT_TIMEOUT,
+            )
+        except (HopError, _SupervisorHTTPError) as err:
+            _LOGGER.debug("Access point scan failed: %s", err)
+            return HopErrorCode.ACTIVATION_FAILED
+        ssids = {ap.get("ssid") for ap in data.get("accesspoints") or [] if isinstance(ap, dict)}
+        if target.ssid not in ssids:
+            return HopErrorCode.AP_MISSING
+        return HopErrorCode.WRONG_PSK if target.psk is not None else HopErrorCode.ACTIVATION_FAILED
+
+    async def _join(self, target: HopTarget) -> JoinedNetwork:
+        await self._leave()
+        self._our_ssid = target.ssid
+        try:
+            await self._update(update_body(target))
+        except TimeoutError:
+            # The Supervisor shields the change: it may still complete (spec §1.1).
+            self._update_unsettled = True
+            raise HopError(
+                HopErrorCode.ACTIVATION_TIMEOUT,
+                f"the Supervisor did not answer within {self._request_timeout:.0f} s",
+            ) from None
+        except _SupervisorHTTPError as err:
+            if err.status in (401, 403):
+                raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
+            if ACTIVATION_FAILED_TEXT in err.message:
+                self._stale.append(target.ssid)
+                code = await self._failure_code(target)
+                raise HopError(code, f"joining {target.ssid} failed: {err.message}") from err
+            raise HopError(HopErrorCode.ACTIVATION_FAILED, err.message) from err
+        address = await self._await_address(target)
+        joined = JoinedNetwork(self._interface or "", address, target.ssid)
+        self._emit_link(LinkEvent(target.ssid, True, address))
+        return joined
+
+    async def _await_address(self, target: HopTarget) -> IPv4Interface:
+        """Poll the interface until it is on `target` with the expected address."""
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(target.timeout):
+                while True:
+                    info = await self._interface_info()
+                    ipv4 = info.get("ipv4") or {}
+                    seen = [str(a) for a in ipv4.get("address") or []]
+                    on_target = (info.get("wifi") or {}).get("ssid") == target.ssid
+                    if info.get("connected") and on_target and str(target.address) in seen:
+                        return target.address
+                    await asyncio.sleep(self._poll_interval)
+        except TimeoutError:
+            raise HopError(
+                HopErrorCode.NO_ADDRESS, f"{target.ssid}: expected {target.address}, saw {seen}"
+            ) from None
+        except _SupervisorHTTPError as err:
+            raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
+
+    async def _leave(self) -> None:
+        """Delete our profile while it is still active (afterwards the API cannot, spec §1.3)."""
+        ssid = self._our_ssid
+        if ssid is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._settle_timeout if self._update_unsettled else 0)
+        while True:
+            info = await self._interface_info()
+            active = info.get("connected") and (info.get("wifi") or {}).get("ssid") == ssid
+            if active or loop.time() >= deadline:
+                break
+            await asyncio.sleep(self._poll_interval)
+        self._update_unsettled = False
+        self._our_ssid = None
+        if active:
+            await self._update({"enabled": False})
+            self._emit_link(LinkEvent(ssid, False))
+        elif ssid not in self._stale:
+            self._stale.append(ssid)
+
+    # -- restore ------------------------------------------------------------------------------
+
+    async def _restore(self) -> RestoreResult:
+        if self._our_ssid is None and not self._stale:
+            return RestoreResult(True, "nothing")
+        problems: list[str] = []
+        try:
+            await self._leave()
+        except (HopError, _SupervisorHTTPError) as err:
+            problems.append(f"could not remove the hop profile: {err}")
+        previous = self._previous or {}
+        home_ssid = (previous.get("wifi") or {}).get("ssid")
+        if previous.get("connected") and home_ssid:
+            if self._home_wifi is not None and self._home_wifi[0] == home_ssid:
+                try:
+                    await self._update(home_body(previous, *self._home_wifi))
+                except (HopError, _SupervisorHTTPError, TimeoutError) as err:
+                    problems.append(f"re-joining {home_ssid} failed: {err!r}")
+            else:
+                problems.append(f"was on {home_ssid}; its PSK is unknown, not re-joined")
+        if self._stale:
+            problems.append(
+                "inactive saved profile(s) the API cannot delete: " + ", ".join(self._stale)
+            )
+        self._stale.clear()
+        return RestoreResult(not problems, "supervisor", "; ".join(problems))
