@@ -123,6 +123,12 @@ class DiyConfig:
     encrypted: bool = False
     """eWeLink LAN mode (§2): TXT `encrypt=true`, every REST call answers 401."""
     sta_mac: str = "D8:F1:5B:C1:7C:0A"
+    source_host: str | None = None
+    """The device's own address for its outgoing connections (downloads, callback).
+
+    On loopback every virtual device would otherwise come from 127.0.0.1; giving each
+    its own 127.0.0.x lets a server tell them apart, as their LAN IPs do for real.
+    """
     ssid: str = "HomeNet"
     bssid: str = "b4:fb:e4:77:7f:aa"
     signal_strength: int = -47
@@ -401,6 +407,11 @@ class DiyDevice:
         return f"http://{self.config.host}:{self._port}"
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def _local_addr(self) -> tuple[str, int] | None:
+        host = self.config.source_host
+        return (host, 0) if host else None
 
     def announcement(self) -> MdnsAnnouncement:
         """The mDNS record the device publishes while `advertising` (§1.3, §2)."""
@@ -800,7 +811,7 @@ class DiyDevice:
         try:
             async with asyncio.timeout(self.config.timing.http_timeout):
                 reader, writer = await asyncio.open_connection(
-                    parts.hostname, parts.port or 80, limit=_MAX_HEAD
+                    parts.hostname, parts.port or 80, limit=_MAX_HEAD, local_addr=self._local_addr
                 )
                 try:
                     writer.write(request)
@@ -883,7 +894,9 @@ class DiyDevice:
         status: int | None = None
         try:
             async with asyncio.timeout(self.config.timing.http_timeout):
-                reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+                reader, writer = await asyncio.open_connection(
+                    parts.hostname, parts.port or 80, local_addr=self._local_addr
+                )
                 try:
                     writer.write(request)
                     await writer.drain()

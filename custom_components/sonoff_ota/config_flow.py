@@ -5,6 +5,9 @@ only place HA keeps credentials). Every run then flashes one device and shows
 each stage of the flash as a progress step whose text and percentage come from
 the run's `FlashTracker`. A waiting stage that times out offers a retry of
 that stage; an abort closes every listener and drops the credentials.
+
+Two paths: setup mode (the ITEAD access point; `SetupModeRun`) and DIY mode
+(eWeLink 3.x on the LAN, found by zeroconf or entered by hand; `DiyRun`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,24 @@ from typing import Any
 
 from homeassistant.components import network
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
-from homeassistant.data_entry_flow import UnknownFlow
+from homeassistant.const import CONF_HOST, CONF_PORT
+from homeassistant.data_entry_flow import AbortFlow, UnknownFlow
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
 )
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 import voluptuous as vol
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
+from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .flash_server import DeviceBusyError, async_get_flash_server
 from .listeners import PortInUseError
+from .proto.diy_client import DiyClient, DiyError
+from .proto.diy_discovery import DiyAdvertError, parse_advert
+from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_store import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_ap import SetupApError
@@ -38,6 +48,10 @@ from .setup_mode_run import SetupModeRun
 _LOGGER = logging.getLogger(__name__)
 
 CONF_CALLBACK_HOST = "callback_host"
+CONF_DEVICEID = "deviceid"
+CONF_DEVICES = "devices"
+
+type FlashRun = SetupModeRun | DiyRun
 
 
 class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
@@ -48,27 +62,31 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
     def __init__(self) -> None:
         """Start with nothing known."""
         self._wifi: WifiSettings | None = None
-        self._run: SetupModeRun | None = None
+        self._run: FlashRun | None = None
+        self._diy: DiyTarget | None = None
         self._task: asyncio.Task[None] | None = None
         self._resume_stage: Stage | None = None
         self._error: tuple[str, dict[str, str]] | None = None
         self._last_shown: tuple[str, int] | None = None
+        self._shown_placeholders: dict[str, str] | None = None
         self._remove_listener: Any = None
+        self._diy_placeholders: dict[str, str] = {}
 
-    # -- Wi-Fi and path --------------------------------------------------------------------
+    # -- Wi-Fi and path ----------------------------------------------------------------------
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the home Wi-Fi the device will join (once; later runs reuse it)."""
-        if entries := self._async_current_entries(include_ignore=False):
+        if self._wifi is None and (entries := self._async_current_entries(include_ignore=False)):
             data = entries[0].data
             self._wifi = WifiSettings(data[CONF_SSID], data[CONF_WIFI_PASSWORD])
-            return await self.async_step_path()
+        if self._wifi is not None:
+            return await self._async_after_wifi()
         errors: dict[str, str] = {}
         if user_input is not None:
             errors = validate_wifi(user_input[CONF_SSID], user_input[CONF_WIFI_PASSWORD])
             if not errors:
                 self._wifi = WifiSettings(user_input[CONF_SSID], user_input[CONF_WIFI_PASSWORD])
-                return await self.async_step_path()
+                return await self._async_after_wifi()
         # `Any`: HA 2026.x types forms as probatio schemas (voluptuous is aliased
         # to probatio at runtime), 2025.x as voluptuous schemas.
         schema: Any = vol.Schema(
@@ -81,9 +99,14 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             schema = self.add_suggested_values_to_schema(schema, {CONF_SSID: user_input[CONF_SSID]})
         return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
 
+    async def _async_after_wifi(self) -> ConfigFlowResult:
+        if self._diy is not None:  # a discovered device that was confirmed before Wi-Fi
+            return await self.async_step_diy_flash()
+        return await self.async_step_path()
+
     async def async_step_path(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Choose how to reach the device."""
-        return self.async_show_menu(step_id="path", menu_options=["setup_mode"])
+        return self.async_show_menu(step_id="path", menu_options=["diy_manual", "setup_mode"])
 
     # -- setup mode --------------------------------------------------------------------------
 
@@ -105,7 +128,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             else:
                 self._run = run
                 return await self.async_step_flash()
-        default = await network.async_get_source_ip(self.hass)
+        default = settings.callback_host or await network.async_get_source_ip(self.hass)
         choices = sorted(
             {
                 str(ip)
@@ -129,6 +152,123 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             errors=errors,
             description_placeholders=placeholders,
         )
+
+    # -- DIY mode ----------------------------------------------------------------------------
+
+    async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
+        """An eWeLink device announced itself on the LAN (`_ewelink._tcp`)."""
+        try:
+            advert = parse_advert(discovery_info.properties, discovery_info.name)
+        except DiyAdvertError:
+            return self.async_abort(reason="not_ewelink")
+        target = DiyTarget(
+            deviceid=advert.deviceid,
+            host=str(discovery_info.ip_address),
+            port=discovery_info.port or DIY_PORT,
+            device_type=advert.device_type or "unknown",
+            encrypted=advert.encrypted,
+        )
+        await self.async_set_unique_id(advert.deviceid)
+        self._abort_if_known_device(target)
+        self._diy = target
+        self.context["title_placeholders"] = {"name": f"{target.device_type} {target.deviceid}"}
+        return await self.async_step_diy_confirm()
+
+    def _abort_if_known_device(self, target: DiyTarget) -> None:
+        """A device we know already: keep its address current, start no second flow."""
+        for entry in self._async_current_entries(include_ignore=False):
+            devices: dict[str, Any] = dict(entry.data.get(CONF_DEVICES, {}))
+            known = devices.get(target.deviceid)
+            if known is None:
+                continue
+            if known.get(CONF_HOST) != target.host or known.get(CONF_PORT) != target.port:
+                devices[target.deviceid] = {**known, CONF_HOST: target.host, CONF_PORT: target.port}
+                self.hass.config_entries.async_update_entry(
+                    entry, data={**entry.data, CONF_DEVICES: devices}
+                )
+            raise AbortFlow("already_configured")
+
+    async def async_step_diy_manual(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """MDNS fails on many networks: take the device's IP address by hand."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            host = user_input[CONF_HOST].strip()
+            port = int(user_input.get(CONF_PORT, DIY_PORT))
+            deviceid = (user_input.get(CONF_DEVICEID) or "").strip().lower() or None
+            client = DiyClient(async_get_clientsession(self.hass), host, port, deviceid=deviceid)
+            try:
+                info = await client.info()
+            except DiyError as err:
+                errors["base"] = f"diy_{err.code}"
+            else:
+                deviceid = deviceid or info.deviceid or client.deviceid
+                if not deviceid:
+                    errors[CONF_DEVICEID] = "deviceid_needed"
+                else:
+                    await self.async_set_unique_id(deviceid, raise_on_progress=False)
+                    self._diy = DiyTarget(deviceid=deviceid, host=host, port=port)
+                    return await self.async_step_diy_confirm()
+        schema: Any = vol.Schema(
+            {
+                vol.Required(CONF_HOST): str,
+                vol.Optional(CONF_PORT, default=DIY_PORT): vol.All(
+                    vol.Coerce(int), vol.Range(min=1, max=65535)
+                ),
+                vol.Optional(CONF_DEVICEID): str,
+            }
+        )
+        if user_input is not None:
+            schema = self.add_suggested_values_to_schema(schema, user_input)
+        return self.async_show_form(step_id="diy_manual", data_schema=schema, errors=errors)
+
+    async def async_step_diy_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Show the eligibility verdict; flashing starts only after the user confirms."""
+        target = self._diy
+        assert target is not None
+        if not isinstance(self._run, DiyRun):
+            host = get_settings(self.hass).callback_host or await network.async_get_source_ip(
+                self.hass, target_ip=target.host
+            )
+            run = DiyRun(self.hass, target, host)
+            try:
+                info = await run.check()
+            except DiyFlashError as err:
+                await run.close()
+                return self.async_abort(reason=err.code, description_placeholders=err.placeholders)
+            except DeviceBusyError as err:
+                await run.close()
+                return self.async_abort(
+                    reason="device_busy", description_placeholders={"deviceid": err.deviceid}
+                )
+            self._run = run
+            self._diy_placeholders = {
+                "deviceid": target.deviceid,
+                "device_type": target.device_type,
+                "fw_version": info.fw_version or "?",
+                "warning": run.tracker.details.get("warnings", ""),
+            }
+        if user_input is None:
+            return self.async_show_form(
+                step_id="diy_confirm", description_placeholders=self._diy_placeholders
+            )
+        if self._wifi is None and not self._async_current_entries(include_ignore=False):
+            return await self.async_step_user()
+        return await self.async_step_diy_flash()
+
+    async def async_step_diy_flash(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Flash the confirmed DIY device."""
+        if self._wifi is None and (entries := self._async_current_entries(include_ignore=False)):
+            data = entries[0].data
+            self._wifi = WifiSettings(data[CONF_SSID], data[CONF_WIFI_PASSWORD])
+        return await self.async_step_flash()
+
+    # -- the running flash ---------------------------------------------------------------------
 
     async def async_step_flash(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Show the running flash; every stage is a progress step of its own."""
@@ -161,15 +301,18 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_show_progress_done(next_step_id="failed")
         return self.async_show_progress_done(next_step_id="finish")
 
-    async def _async_flash(self, run: SetupModeRun) -> None:
+    async def _async_flash(self, run: FlashRun) -> None:
         """The progress task: prepare once, then run (or resume) the stages."""
         try:
-            if run.flasher is None:
-                await run.prepare(progress=self._on_download_progress)
-            await run.run(self._resume_stage or Stage.WAIT_SETUP_AP)
+            if isinstance(run, SetupModeRun):
+                if run.flasher is None:
+                    await run.prepare(progress=self._on_download_progress)
+                await run.run(self._resume_stage or Stage.WAIT_SETUP_AP)
+            else:
+                await run.run(progress=self._on_download_progress)
         except StageTimeoutError:
             raise
-        except SetupModeError as err:
+        except (SetupModeError, DiyFlashError) as err:
             self._fail(run.tracker, err.code, err.placeholders)
         except SetupApError as err:
             self._fail(run.tracker, "setup_ap_error", {"reason": err.reason})
@@ -209,8 +352,6 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         if changed or self._placeholders(tracker) != self._shown_placeholders:
             self.hass.async_create_task(self._async_refresh(), eager_start=False)
 
-    _shown_placeholders: dict[str, str] | None = None
-
     async def _async_refresh(self) -> None:
         with contextlib.suppress(UnknownFlow):
             await self.hass.config_entries.flow.async_configure(self.flow_id)
@@ -222,6 +363,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             "deviceid": details.get("deviceid", "?"),
             "model": details.get("model", "?"),
             "rom_version": details.get("rom_version", "?"),
+            "fw_version": details.get("fw_version", "?"),
             "session": details.get("finalstage_session", "1"),
             "sessions": details.get("finalstage_sessions", "1"),
             "callback_host": self._run.callback_host if self._run else "",
@@ -251,7 +393,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         return self.async_abort(reason=code, description_placeholders=placeholders)
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """The device fetched Tasmota; tell the user what comes next."""
+        """The device took Tasmota; tell the user what comes next."""
         run = self._run
         assert run is not None and self._wifi is not None
         deviceid = run.tracker.details.get("deviceid", "")

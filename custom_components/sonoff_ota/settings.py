@@ -39,6 +39,8 @@ class Timeouts:
     dispatch: float = 300.0
     upgrade: float = 300.0
     finalstage: float = 900.0
+    diy_request: float = 10.0
+    """One DIY REST request (not ota_flash, which waits for the device's download)."""
     diy_flash: float = 600.0
     diy_reboot: float = 300.0
     tasmota_ap: float = 180.0

@@ -1,0 +1,134 @@
+"""One DIY-mode flash inside Home Assistant: firmware, where to serve it, the flasher.
+
+Used by the config flow (discovered or manually entered devices) and by the
+update entity's install action. The image is served from HA's own server when
+that is plain HTTP on the LAN, otherwise from the integration's plain listener
+(the device needs `http://<ip literal>:<port>`, never https).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+import logging
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+
+from .flash_server import FlashServer, async_get_flash_server
+from .proto.diy_client import DiyClient, DiyInfo
+from .proto.diy_flasher import DiyFlasher, DiyJob, DiyTimeouts
+from .proto.firmware_image import ImageRole
+from .proto.firmware_store import ProgressCallback
+from .proto.flash_stages import FlashPath, FlashTracker
+
+_LOGGER = logging.getLogger(__name__)
+
+DIY_PORT = 8081
+
+
+@dataclass(frozen=True, slots=True)
+class DiyTarget:
+    """A DIY device as discovery (or the user) described it."""
+
+    deviceid: str
+    host: str
+    port: int = DIY_PORT
+    device_type: str = "diy_plug"
+    encrypted: bool = False
+    model: str | None = None
+
+
+class DiyRun:
+    """A DIY flash from eligibility to the device's result callback."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        target: DiyTarget,
+        callback_host: str,
+        tracker: FlashTracker | None = None,
+    ) -> None:
+        """Prepare a run; nothing is sent until `check()`/`run()`."""
+        self.hass = hass
+        self.target = target
+        self.callback_host = callback_host
+        self.tracker = tracker or FlashTracker(FlashPath.DIY, device_label=target.deviceid)
+        self.tracker.update(None, deviceid=target.deviceid)
+        self._stack = AsyncExitStack()
+        self._server: FlashServer | None = None
+        self._claimed = False
+        self.flasher: DiyFlasher | None = None
+        self.synthetic_image = False
+
+    def _client(self, server: FlashServer) -> DiyClient:
+        timeouts = server.settings.timeouts
+        return DiyClient(
+            async_get_clientsession(self.hass),
+            self.target.host,
+            self.target.port,
+            deviceid=self.target.deviceid,
+            timeout=timeouts.diy_request,
+            flash_timeout=timeouts.diy_flash,
+        )
+
+    async def check(self) -> DiyInfo:
+        """Read the device and decide eligibility (changes nothing on the device)."""
+        server = self._server = await async_get_flash_server(self.hass)
+        server.claim(self.target.deviceid, self.tracker)
+        self._claimed = True
+        flasher = self._flasher(server, b"")
+        return await flasher.check()
+
+    def _flasher(self, server: FlashServer, image: bytes) -> DiyFlasher:
+        timeouts = server.settings.timeouts
+        job = DiyJob(
+            deviceid=self.target.deviceid,
+            device_type=self.target.device_type,
+            image=image,
+            download_base=self._download_base,
+            encrypted=self.target.encrypted,
+            model=self.target.model,
+            timeouts=DiyTimeouts(flash=timeouts.diy_flash, reboot=timeouts.diy_reboot),
+        )
+        info = self.flasher.info if self.flasher is not None else None
+        self.flasher = DiyFlasher(
+            self.tracker, job, client=self._client(server), images=server.images
+        )
+        self.flasher.info = info
+        return self.flasher
+
+    def _download_base(self) -> str:
+        assert self._server is not None
+        api = self.hass.config.api
+        if self._server.settings.serve_from_ha and api is not None and not api.use_ssl:
+            return f"http://{self.callback_host}:{api.port}"
+        return f"http://{self.callback_host}:{self._server.plain_port}"
+
+    def _needs_listener(self) -> bool:
+        assert self._server is not None
+        api = self.hass.config.api
+        return not (self._server.settings.serve_from_ha and api is not None and not api.use_ssl)
+
+    async def run(self, progress: ProgressCallback | None = None) -> None:
+        """Fetch the lite image, then unlock if needed, flash and wait for the result."""
+        if self._server is None or self.flasher is None or self.flasher.info is None:
+            await self.check()
+        server = self._server
+        assert server is not None
+        stored = await server.firmware.get_tasmota(ImageRole.DIY, progress=progress)
+        self.synthetic_image = stored.synthetic
+        image = await server.firmware.read_bytes(stored)
+        self.tracker.update(None, image_sha256=stored.sha256)
+        if self._needs_listener():
+            await self._stack.enter_async_context(server.listeners(plain=True))
+        await self._flasher(server, image).run()
+
+    async def close(self) -> None:
+        """Stop serving, free the device, close the listener."""
+        if self.flasher is not None:
+            self.flasher.close()
+        if self._server is not None and self._claimed:
+            self._server.release(self.target.deviceid, self.tracker)
+            self._claimed = False
+        await self._stack.aclose()

@@ -1,0 +1,100 @@
+"""Shared pieces of the Home Assistant-level tests: loopback settings and firmware.
+
+Every address the integration would use on a real network is injected here as
+a 127.0.0.1 port (the harness blocks every other address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+import hashlib
+import socket
+
+from homeassistant.core import HomeAssistant
+
+from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD
+from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
+from tests.proto.firmware_server import FirmwareServer, firmware_server
+from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite
+
+LOOPBACK = "127.0.0.1"
+WIFI = {CONF_SSID: "HomeNet", CONF_WIFI_PASSWORD: "correct-horse"}
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for listeners a device must know in advance)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    """The synthetic images a test serves, and the server serving them."""
+
+    server: FirmwareServer
+    user1: bytes
+    user2: bytes
+    tasmota: bytes
+
+    def settings(self) -> dict[str, str]:
+        """`Settings.firmware` overrides pointing at the local server, with pins."""
+        return {
+            "tasmota_latest_url": self.server.url("tasmota-lite.bin"),
+            "tasmota_release_url_template": self.server.url("tasmota-{version}-lite.bin"),
+            "user1_url": self.server.url("image_user1-0x01000.bin"),
+            "user1_sha256": hashlib.sha256(self.user1).hexdigest(),
+            "user2_url": self.server.url("image_user2-0x81000.bin"),
+            "user2_sha256": hashlib.sha256(self.user2).hexdigest(),
+        }
+
+
+@asynccontextmanager
+async def local_firmware(tasmota_size: int = 480_000) -> AsyncIterator[Firmware]:
+    """Serve synthetic user1/user2/Tasmota images from 127.0.0.1."""
+    user1, user2, tasmota = intermediate_user1(), intermediate_user2(), tasmota_lite(tasmota_size)
+    files = {
+        "image_user1-0x01000.bin": user1,
+        "image_user2-0x81000.bin": user2,
+        "tasmota-lite.bin": tasmota,
+    }
+    async with firmware_server(files) as server:
+        yield Firmware(server, user1, user2, tasmota)
+
+
+def install_settings(hass: HomeAssistant, firmware: Firmware, **overrides: object) -> Settings:
+    """Point the integration at loopback ports with short timeouts."""
+    values: dict[str, object] = {
+        "tls_bind": LOOPBACK,
+        "tls_port": 0,
+        "finalstage_bind": LOOPBACK,
+        "finalstage_port": free_port(),
+        "callback_host": LOOPBACK,
+        "pacing_scale": 0.02,
+        "serve_from_ha": False,
+        "firmware": firmware.settings(),
+        "timeouts": Timeouts(
+            setup_ap=5,
+            dispatch=5,
+            upgrade=10,
+            finalstage=10,
+            diy_request=2,
+            diy_flash=10,
+            diy_reboot=5,
+            pinning_grace=0.3,
+        ),
+    }
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    hass.data[SETTINGS_KEY] = settings
+    return settings
+
+
+async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
+    """Poll `predicate` (for state that offers no event to wait on)."""
+    async with asyncio.timeout(within):
+        while not predicate():
+            await asyncio.sleep(0.01)

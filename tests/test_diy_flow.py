@@ -1,0 +1,339 @@
+"""DIY-mode flashing end to end: the config flow against virtual DIY devices.
+
+Every request crosses real sockets on 127.0.0.1: the REST calls on the
+device's port, the Range downloads from our plain listener, and the device's
+result callback. mDNS itself is not run (the virtual device publishes no
+multicast): its announcement is handed to the flow as a ZeroconfServiceInfo,
+exactly as HA's zeroconf integration would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from ipaddress import ip_address
+from typing import Any
+
+from homeassistant import config_entries
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from homeassistant.setup import async_setup_component
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.sonoff_ota.const import DOMAIN
+from custom_components.sonoff_ota.flash_server import SERVER_KEY
+from custom_components.sonoff_ota.settings import Timeouts
+from tests.harness import (
+    LOOPBACK,
+    WIFI,
+    Firmware,
+    free_port,
+    install_settings,
+    local_firmware,
+    wait_until,
+)
+from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage
+from virtual_sonoff.flash_memory import ARDUINO_OFFSET
+from virtual_sonoff.profile import Fault, Faults, Timing
+
+
+def zeroconf_info(device: DiyDevice) -> ZeroconfServiceInfo:
+    record = device.announcement()
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(record.address),
+        ip_addresses=[ip_address(record.address)],
+        port=record.port,
+        hostname=record.server,
+        type=record.service_type,
+        name=record.name,
+        properties=dict(record.properties),
+    )
+
+
+@asynccontextmanager
+async def diy_device(
+    hass: HomeAssistant, *, tasmota_size: int = 480_000, **config: Any
+) -> AsyncIterator[tuple[DiyDevice, Firmware]]:
+    async with local_firmware(tasmota_size) as firmware:
+        install_settings(hass, firmware)
+        async with DiyDevice(DiyConfig(**config)) as device:
+            assert await async_setup_component(hass, "http", {})
+            yield device, firmware
+
+
+async def discover(hass: HomeAssistant, device: DiyDevice) -> dict[str, Any]:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": config_entries.SOURCE_ZEROCONF},
+        data=zeroconf_info(device),
+    )
+    return dict(result)
+
+
+async def confirm_and_flash(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
+    result: Any = await hass.config_entries.flow.async_configure(flow_id, {})
+    if result["type"] is FlowResultType.FORM and result["step_id"] == "user":
+        result = await hass.config_entries.flow.async_configure(flow_id, WIFI)
+    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    await hass.async_block_till_done(wait_background_tasks=True)
+    for flow in hass.config_entries.flow.async_progress():
+        if flow["flow_id"] == flow_id:
+            return dict(await hass.config_entries.flow.async_configure(flow_id))
+    return dict(result)
+
+
+def flashed(device: DiyDevice) -> bytes | None:
+    return device.flash.image_at(ARDUINO_OFFSET)
+
+
+@pytest.mark.parametrize("fw_version", ["3.3.0", "3.5.0", "3.6.0", "3.7.6"])
+async def test_discovered_device_is_flashed_with_exactly_our_image(
+    hass: HomeAssistant, socket_enabled: None, fw_version: str
+) -> None:
+    async with diy_device(hass, fw_version=fw_version, removed_from_ewelink=True) as (
+        device,
+        firmware,
+    ):
+        result = await discover(hass, device)
+        assert result["type"] is FlowResultType.FORM
+        assert result["step_id"] == "diy_confirm"
+        assert result["description_placeholders"]["deviceid"] == device.config.deviceid
+        assert not device.downloads, "nothing may change before the user confirms"
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.CREATE_ENTRY, final
+        await device.wait_for_stage(DiyStage.TASMOTA, 10)
+        assert flashed(device) == firmware.tasmota
+        assert device.callbacks and device.callbacks[-1].error == 0
+        assert all(d.range is not None for d in device.downloads)
+        assert not device.advertising
+        sent = list(device.requests)
+        assert all(r.deviceid != "" for r in sent), "never send an empty deviceid"
+        assert sum(r.path.endswith("ota_flash") for r in sent) == 1
+    server = hass.data[SERVER_KEY]
+    assert server.active == {}
+
+
+async def test_rediscovery_does_not_start_a_second_flow(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass) as (device, _):
+        first = await discover(hass, device)
+        assert first["type"] is FlowResultType.FORM
+        second = await discover(hass, device)
+        assert second["type"] is FlowResultType.ABORT
+        assert second["reason"] == "already_in_progress"
+        hass.config_entries.flow.async_abort(first["flow_id"])
+        await hass.async_block_till_done()
+
+
+async def test_known_device_address_is_updated_on_rediscovery(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass) as (device, _):
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=DOMAIN,
+            data={**WIFI, "devices": {device.config.deviceid: {"host": "10.1.2.3", "port": 8081}}},
+        )
+        entry.add_to_hass(hass)
+        result = await discover(hass, device)
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "already_configured"
+        known = entry.data["devices"][device.config.deviceid]
+        assert known["host"] == LOOPBACK
+        assert known["port"] == device.port
+
+
+async def test_manual_entry_reaches_the_same_flash(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass) as (device, firmware):
+        result: Any = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": config_entries.SOURCE_USER}
+        )
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "diy_manual"}
+        )
+        assert result["step_id"] == "diy_manual"
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"host": LOOPBACK, "port": device.port}
+        )
+        assert result["step_id"] == "diy_confirm"
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.CREATE_ENTRY
+        await device.wait_for_stage(DiyStage.TASMOTA, 10)
+        assert flashed(device) == firmware.tasmota
+
+
+async def test_manual_entry_of_a_dead_address_says_so_and_recovers(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass) as (device, _):
+        result: Any = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": config_entries.SOURCE_USER}
+        )
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "diy_manual"}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"host": LOOPBACK, "port": free_port()}
+        )
+        assert result["type"] is FlowResultType.FORM
+        assert result["errors"] == {"base": "diy_unreachable"}
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"host": LOOPBACK, "port": device.port}
+        )
+        assert result["step_id"] == "diy_confirm"
+        hass.config_entries.flow.async_abort(result["flow_id"])
+        await hass.async_block_till_done()
+
+
+async def test_already_unlocked_device_is_not_unlocked_again(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass, ota_unlocked=True) as (device, _):
+        result = await discover(hass, device)
+        await confirm_and_flash(hass, result["flow_id"])
+        assert not [r for r in device.requests if r.path.endswith("ota_unlock")]
+        await device.wait_for_stage(DiyStage.TASMOTA, 10)
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"internet": False}, "unlock_no_internet"),
+        ({"unlock_rejected": True}, "unlock_rejected"),
+        ({"faults": Faults({Fault.CORRUPT_BYTE})}, "sha256_mismatch"),
+        ({"faults": Faults({Fault.DROP_MID_DOWNLOAD})}, "download_failed"),
+        ({"internal_error": True}, "flash_device_internal_error"),
+        (
+            {"reply_before_download": True, "faults": Faults({Fault.CORRUPT_BYTE})},
+            "flash_check_failed",
+        ),
+        (
+            {"reply_before_download": True, "faults": Faults({Fault.DROP_MID_DOWNLOAD})},
+            "flash_download_failed",
+        ),
+    ],
+)
+async def test_device_errors_end_with_their_own_message(
+    hass: HomeAssistant, socket_enabled: None, config: dict[str, Any], reason: str
+) -> None:
+    async with diy_device(hass, **config) as (device, _):
+        result = await discover(hass, device)
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.ABORT
+        assert final["reason"] == reason
+        assert flashed(device) is None
+        assert sum(r.path.endswith("ota_flash") for r in device.requests) <= 1
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"encrypted": True}, "encrypted_lan_mode"),
+        ({"fw_version": "1.1.0", "device_type": "plug"}, "cannot_run_tasmota"),
+    ],
+)
+async def test_ineligible_devices_are_refused_before_anything_changes(
+    hass: HomeAssistant, socket_enabled: None, config: dict[str, Any], reason: str
+) -> None:
+    async with diy_device(hass, **config) as (device, _):
+        result = await discover(hass, device)
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == reason
+        assert not [r for r in device.requests if r.path.endswith(("ota_unlock", "ota_flash"))]
+
+
+async def test_oversize_image_is_caught_before_the_device_sees_it(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass, tasmota_size=520_193) as (device, _):
+        result = await discover(hass, device)
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.ABORT
+        assert final["reason"] == "firmware_error"
+        assert not [r for r in device.requests if r.path.endswith("ota_flash")]
+
+
+async def test_device_vanishing_mid_flash_is_never_flashed_twice(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    slow = Timing(chunk_delay=0.02)
+    async with diy_device(hass, timing=slow) as (device, firmware):
+        install_settings(
+            hass, firmware, timeouts=Timeouts(diy_request=2, diy_flash=1.5, diy_reboot=1)
+        )
+        result = await discover(hass, device)
+        flow_id = result["flow_id"]
+        progress = await hass.config_entries.flow.async_configure(flow_id, {})
+        if progress["step_id"] == "user":
+            progress = await hass.config_entries.flow.async_configure(flow_id, WIFI)
+        await wait_until(lambda: len(device.downloads) >= 3)
+        await device.stop()  # power cut in the middle of the download
+        await hass.async_block_till_done(wait_background_tasks=True)
+        final = await hass.config_entries.flow.async_configure(flow_id)
+        assert final["type"] is FlowResultType.ABORT
+        assert final["reason"] == "flash_result_missing"
+        assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
+
+
+async def test_stalled_device_times_out_at_the_flash(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    async with diy_device(hass, faults=Faults({Fault.STALL})) as (device, firmware):
+        install_settings(
+            hass, firmware, timeouts=Timeouts(diy_request=2, diy_flash=1, diy_reboot=1)
+        )
+        result = await discover(hass, device)
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.ABORT
+        assert final["reason"] == "flash_result_missing"
+        assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
+
+
+async def test_unlock_that_hangs_times_out(hass: HomeAssistant, socket_enabled: None) -> None:
+    """eWeLink 3.7 hangs on unlock while the device is still bound to an eWeLink account."""
+    async with diy_device(hass, fw_version="3.7.6", removed_from_ewelink=False) as (device, fw):
+        install_settings(hass, fw, timeouts=Timeouts(diy_request=0.5, diy_flash=5))
+        result = await discover(hass, device)
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.ABORT
+        assert final["reason"] == "timeout"
+        assert flashed(device) is None
+
+
+async def test_ten_devices_flash_at_once(hass: HomeAssistant, socket_enabled: None) -> None:
+    async with local_firmware() as firmware:
+        install_settings(hass, firmware)
+        assert await async_setup_component(hass, "http", {})
+        MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data=WIFI).add_to_hass(hass)
+        devices = [
+            DiyDevice(DiyConfig(deviceid=f"1000e4c1{i:02x}", source_host=f"127.0.0.{10 + i}"))
+            for i in range(10)
+        ]
+        for device in devices:
+            await device.start()
+        try:
+            flows = [await discover(hass, device) for device in devices]
+            for flow in flows:
+                result = await hass.config_entries.flow.async_configure(flow["flow_id"], {})
+                assert result["type"] is FlowResultType.SHOW_PROGRESS
+            await hass.async_block_till_done(wait_background_tasks=True)
+            await asyncio.gather(*(d.wait_for_stage(DiyStage.TASMOTA, 20) for d in devices))
+            for device in devices:
+                assert flashed(device) == firmware.tasmota
+                assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
+            for flow in flows:
+                final = await hass.config_entries.flow.async_configure(flow["flow_id"])
+                assert final["type"] is FlowResultType.ABORT
+                assert final["reason"] == "flash_successful"
+            assert not hass.config_entries.flow.async_progress()
+        finally:
+            for device in devices:
+                await device.stop()
