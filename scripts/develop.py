@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from dataclasses import dataclass
+import json
 import os
 from pathlib import Path
 import signal
