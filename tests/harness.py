@@ -96,5 +96,5 @@ def install_settings(hass: HomeAssistant, firmware: Firmware, **overrides: objec
 async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
     """Poll `predicate` (for state that offers no event to wait on)."""
     async with asyncio.timeout(within):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - nothing to await but the state
             await asyncio.sleep(0.01)
