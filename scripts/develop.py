@@ -1,28 +1,49 @@
-"""The main job: a real Home Assistant with sonoff_ota, all on 127.0.0.1.
+"""The main job: a real Home Assistant with sonoff_ota and virtual Sonoffs, all on 127.0.0.1.
 
-Run through `scripts/develop`, which picks the Python and the venv. This
-script writes a config dir under .develop/ (gitignored), starts Home
-Assistant as a subprocess, creates the owner account through HA's own
-onboarding API (so a newcomer can log in at once) and waits for Ctrl-C.
+Run through `scripts/develop`, which picks the Python and the venv. This script:
+- starts a Mosquitto broker (Debian package) on a free port;
+- serves synthetic firmware images (never real firmware: they are labelled as
+  test images in the UI) from a local HTTP server;
+- starts two virtual Sonoffs: one waiting in setup mode (eWeLink 2.0.4) and one
+  in DIY mode (eWeLink 3.6.0); each boots a virtual Tasmota once flashed;
+- writes a config dir under .develop/ (gitignored) whose `sonoff_ota:` settings
+  point the integration at those loopback ports;
+- starts Home Assistant as a subprocess, creates the owner account through HA's
+  onboarding API, sets up HA's MQTT (against the broker) and Tasmota entries;
+- prints the URL, the login and one line per device, and waits for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+import hashlib
 import json
 import os
 from pathlib import Path
 import signal
+import socket
 import sys
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from virtual_sonoff.diy import DiyConfig  # noqa: E402
+from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite  # noqa: E402
+from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff  # noqa: E402
+from virtual_sonoff.mosquitto import MosquittoBroker  # noqa: E402
+from virtual_sonoff.setup_mode import SetupModeConfig  # noqa: E402
 
 DEV_USER = "dev"
 DEV_PASSWORD = "sonoff-ota-dev"  # loopback-only demo account, printed on start
 HOST = "127.0.0.1"
+SETUP_DEVICEID = "10000b77c1"
+DIY_DEVICEID = "1000e4c17c"
 
 CONFIGURATION_YAML = """\
 # Written by scripts/develop. Everything listens on 127.0.0.1 only.
@@ -41,7 +62,28 @@ logger:
   logs:
     custom_components.sonoff_ota: debug
     homeassistant.components.tasmota: info
+sonoff_ota:
+{sonoff_ota}
 """
+
+
+def free_port() -> int:
+    """A port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(slots=True)
+class Ports:
+    """Every loopback port the demo uses, chosen before HA starts."""
+
+    setup_ap: int = field(default_factory=free_port)
+    finalstage: int = field(default_factory=free_port)
+    tls: int = field(default_factory=free_port)
+    tasmota_ap: int = field(default_factory=free_port)
+    diy: int = field(default_factory=free_port)
+    firmware: int = field(default_factory=free_port)
 
 
 @dataclass(slots=True)
@@ -51,8 +93,8 @@ class DevConfig:
     repo: Path
     port: int
     fresh: bool
+    ports: Ports = field(default_factory=Ports)
     token: str | None = None
-    """An owner access token, once onboarding made one (for later set-up steps)."""
 
     @property
     def config_dir(self) -> Path:
@@ -65,7 +107,80 @@ class DevConfig:
         return f"http://{HOST}:{self.port}"
 
 
-def prepare_config_dir(cfg: DevConfig) -> None:
+class FirmwareImages:
+    """Synthetic images served over plain HTTP, as the Tasmota OTA server would."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.files = {
+            "image_user1-0x01000.bin": intermediate_user1(),
+            "image_user2-0x81000.bin": intermediate_user2(),
+            "tasmota-lite.bin": tasmota_lite(),
+        }
+        self._runner: web.AppRunner | None = None
+
+    def url(self, name: str) -> str:
+        """Where one image is served."""
+        return f"http://{HOST}:{self.port}/fw/{name}"
+
+    def settings(self) -> dict[str, str]:
+        """The integration's `firmware:` overrides (with the synthetic pins)."""
+        return {
+            "tasmota_latest_url": self.url("tasmota-lite.bin"),
+            "tasmota_release_url_template": self.url("tasmota-{version}-lite.bin"),
+            "user1_url": self.url("image_user1-0x01000.bin"),
+            "user1_sha256": hashlib.sha256(self.files["image_user1-0x01000.bin"]).hexdigest(),
+            "user2_url": self.url("image_user2-0x81000.bin"),
+            "user2_sha256": hashlib.sha256(self.files["image_user2-0x81000.bin"]).hexdigest(),
+        }
+
+    async def start(self) -> None:
+        """Serve the images."""
+
+        async def handle(request: web.Request) -> web.Response:
+            data = self.files.get(request.match_info["name"])
+            if data is None:
+                raise web.HTTPNotFound
+            return web.Response(body=data, content_type="application/octet-stream")
+
+        app = web.Application()
+        app.router.add_get("/fw/{name}", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, HOST, self.port).start()
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def sonoff_ota_yaml(cfg: DevConfig, firmware: FirmwareImages) -> str:
+    """The integration's settings pointing at the loopback devices."""
+    ports = cfg.ports
+    values: dict[str, Any] = {
+        "setup_ap_url": f"http://{HOST}:{ports.setup_ap}",
+        "tasmota_ap_url": f"http://{HOST}:{ports.tasmota_ap}",
+        "finalstage_bind": HOST,
+        "finalstage_port": ports.finalstage,
+        "tls_bind": HOST,
+        "tls_port": ports.tls,
+        "callback_host": HOST,
+        "device_broker_host": HOST,
+        "serve_from_ha": False,
+        "firmware": firmware.settings(),
+    }
+    lines: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines.append(f"  {key}:")
+            lines.extend(f'    {k}: "{v}"' for k, v in value.items())
+        else:
+            lines.append(f'  {key}: "{value}"' if isinstance(value, str) else f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def prepare_config_dir(cfg: DevConfig, firmware: FirmwareImages) -> None:
     """Write configuration.yaml and link the integration into custom_components/."""
     if cfg.fresh and cfg.config_dir.exists():
         for path in sorted(cfg.config_dir.rglob("*"), reverse=True):
@@ -81,7 +196,8 @@ def prepare_config_dir(cfg: DevConfig) -> None:
         link.unlink()  # the repo may sit at another path (native run vs chroot)
     link.symlink_to(target)
     (cfg.config_dir / "configuration.yaml").write_text(
-        CONFIGURATION_YAML.format(port=cfg.port), encoding="utf-8"
+        CONFIGURATION_YAML.format(port=cfg.port, sonoff_ota=sonoff_ota_yaml(cfg, firmware)),
+        encoding="utf-8",
     )
     storage = cfg.config_dir / ".storage"
     onboarding = storage / "onboarding"
@@ -119,31 +235,73 @@ async def wait_until_up(session: aiohttp.ClientSession, cfg: DevConfig, proc: An
 
 
 async def onboard(session: aiohttp.ClientSession, cfg: DevConfig) -> None:
-    """Create the owner account and finish onboarding, unless done already."""
+    """Create the owner account (unless done already) and get an access token."""
+    client_id = f"{cfg.base_url}/"
     async with session.get(f"{cfg.base_url}/api/onboarding") as resp:
         steps = {s["step"]: s["done"] for s in await resp.json()} if resp.status == 200 else {}
-    if steps.get("user", True):
-        return
-    client_id = f"{cfg.base_url}/"
-    async with session.post(
-        f"{cfg.base_url}/api/onboarding/users",
-        json={
-            "client_id": client_id,
-            "name": "Developer",
-            "username": DEV_USER,
-            "password": DEV_PASSWORD,
-            "language": "en",
-        },
-    ) as resp:
-        resp.raise_for_status()
-        auth_code = (await resp.json())["auth_code"]
+    if not steps.get("user", True):
+        async with session.post(
+            f"{cfg.base_url}/api/onboarding/users",
+            json={
+                "client_id": client_id,
+                "name": "Developer",
+                "username": DEV_USER,
+                "password": DEV_PASSWORD,
+                "language": "en",
+            },
+        ) as resp:
+            resp.raise_for_status()
+            code = (await resp.json())["auth_code"]
+    else:
+        async with session.post(
+            f"{cfg.base_url}/auth/login_flow",
+            json={
+                "client_id": client_id,
+                "handler": ["homeassistant", None],
+                "redirect_uri": client_id,
+            },
+        ) as resp:
+            flow_id = (await resp.json())["flow_id"]
+        async with session.post(
+            f"{cfg.base_url}/auth/login_flow/{flow_id}",
+            json={"client_id": client_id, "username": DEV_USER, "password": DEV_PASSWORD},
+        ) as resp:
+            code = (await resp.json())["result"]
     async with session.post(
         f"{cfg.base_url}/auth/token",
-        data={"grant_type": "authorization_code", "code": auth_code, "client_id": client_id},
+        data={"grant_type": "authorization_code", "code": code, "client_id": client_id},
     ) as resp:
         resp.raise_for_status()
-        token = (await resp.json())["access_token"]
-    cfg.token = token
+        cfg.token = (await resp.json())["access_token"]
+
+
+async def ensure_entry(
+    session: aiohttp.ClientSession, cfg: DevConfig, domain: str, answers: list[dict[str, Any]]
+) -> None:
+    """Set up `domain` through its own config flow, unless it has an entry already."""
+    headers = {"Authorization": f"Bearer {cfg.token}"}
+    async with session.get(
+        f"{cfg.base_url}/api/config/config_entries/entry", headers=headers
+    ) as resp:
+        if any(entry["domain"] == domain for entry in await resp.json()):
+            return
+    async with session.post(
+        f"{cfg.base_url}/api/config/config_entries/flow",
+        json={"handler": domain, "show_advanced_options": False},
+        headers=headers,
+    ) as resp:
+        result = await resp.json()
+    for answer in answers:
+        if result.get("type") != "form":
+            break
+        async with session.post(
+            f"{cfg.base_url}/api/config/config_entries/flow/{result['flow_id']}",
+            json=answer,
+            headers=headers,
+        ) as resp:
+            result = await resp.json()
+    if result.get("type") != "create_entry":
+        raise SystemExit(f"could not set up {domain}: {result}")
 
 
 def log_path(cfg: DevConfig) -> Path:
@@ -153,13 +311,22 @@ def log_path(cfg: DevConfig) -> Path:
 
 def banner(cfg: DevConfig) -> str:
     """What a newcomer reads once everything is up."""
+    ports = cfg.ports
     return "\n".join(
         [
             "",
             "  Sonoff OTA demo is running (everything on 127.0.0.1).",
             f"  Home Assistant: {cfg.base_url}",
             f"  Login:          {DEV_USER} / {DEV_PASSWORD}",
-            "  Add the integration: Settings > Devices & services > Add integration > Sonoff OTA",
+            "",
+            f"  Setup-mode Sonoff {SETUP_DEVICEID} (eWeLink 2.0.4) waits in setup mode:",
+            "    Settings > Devices & services > Add integration > Sonoff OTA > Setup mode,",
+            f"    address {HOST}. (Its ITEAD access point stands at {HOST}:{ports.setup_ap}.)",
+            f"  DIY Sonoff {DIY_DEVICEID} (eWeLink 3.6.0) is on the network:",
+            "    Add integration > Sonoff OTA > DIY mode,",
+            f"    IP address {HOST}, port {ports.diy}.",
+            "  Firmware: synthetic test images served locally (never real firmware).",
+            "",
             f"  HA log:         {log_path(cfg)}",
             "  Stop:           Ctrl-C",
             "",
@@ -167,48 +334,111 @@ def banner(cfg: DevConfig) -> str:
     )
 
 
+def demo_devices(cfg: DevConfig) -> list[VirtualSonoff]:
+    """The two virtual Sonoffs the demo offers."""
+    ports = cfg.ports
+    plan = TasmotaPlan(ap_port=ports.tasmota_ap)
+    return [
+        VirtualSonoff(
+            "setup",
+            setup=SetupModeConfig(
+                deviceid=SETUP_DEVICEID,
+                rom_version="2.0.4",
+                ap_port=ports.setup_ap,
+                finalstage_server=(HOST, ports.finalstage),
+            ),
+            tasmota_plan=plan,
+        ),
+        VirtualSonoff(
+            "diy",
+            diy=DiyConfig(
+                deviceid=DIY_DEVICEID,
+                fw_version="3.6.0",
+                port=ports.diy,
+                removed_from_ewelink=True,
+                sta_mac="D8:F1:5B:C1:7C:0A",
+            ),
+            tasmota_plan=plan,
+        ),
+    ]
+
+
 async def run(cfg: DevConfig) -> int:
-    """Start HA, onboard, wait for Ctrl-C, stop HA."""
-    prepare_config_dir(cfg)
-    out = log_path(cfg).open("ab")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "homeassistant",
-        "--config",
-        str(cfg.config_dir),
-        stdout=out,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
+    """Start everything, wait for Ctrl-C, stop everything."""
+    workdir = cfg.repo / ".develop"
+    workdir.mkdir(exist_ok=True)
+    firmware = FirmwareImages(cfg.ports.firmware)
+    prepare_config_dir(cfg, firmware)
+    broker = MosquittoBroker(workdir / "mosquitto")
+    devices = demo_devices(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    out = log_path(cfg).open("ab")
+    proc: Any = None
     try:
+        (workdir / "mosquitto").mkdir(exist_ok=True)
+        await broker.start()
+        await firmware.start()
+        for device in devices:
+            await device.start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "homeassistant",
+            "--config",
+            str(cfg.config_dir),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         async with aiohttp.ClientSession() as session:
             await wait_until_up(session, cfg, proc)
             await onboard(session, cfg)
-        print(banner(cfg), flush=True)
+            await ensure_entry(
+                session,
+                cfg,
+                "mqtt",
+                [
+                    {
+                        "broker": HOST,
+                        "port": broker.port,
+                        "protocol": "3.1.1",
+                        "other_settings": {
+                            "set_client_cert": False,
+                            "set_ca_cert": "off",
+                            "transport": "tcp",
+                        },
+                    }
+                ],
+            )
+            await ensure_entry(
+                session, cfg, "tasmota", [{}, {"discovery_prefix": "tasmota/discovery"}]
+            )
+        print(banner(cfg), flush=True)  # noqa: T201
         ha_exit = asyncio.ensure_future(proc.wait())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({ha_exit, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if ha_exit.done():
-            print(f"Home Assistant exited with {proc.returncode}; see {log_path(cfg)}")
+            print(f"Home Assistant exited with {proc.returncode}; see {log_path(cfg)}")  # noqa: T201
             return 1
         return 0
     finally:
-        if proc.returncode is None:
+        if proc is not None and proc.returncode is None:
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 60)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        for device in devices:
+            await device.stop()
+        await firmware.stop()
+        await broker.stop()
         out.close()
-        print("Stopped.", flush=True)
+        print("Stopped.", flush=True)  # noqa: T201
 
 
 def main() -> int:
