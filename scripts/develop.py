@@ -416,13 +416,13 @@ async def run(cfg: DevConfig) -> int:
             await ensure_entry(
                 session, cfg, "tasmota", [{}, {"discovery_prefix": "tasmota/discovery"}]
             )
-        print(banner(cfg), flush=True)  # noqa: T201
+        print(banner(cfg), flush=True)
         ha_exit = asyncio.ensure_future(proc.wait())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({ha_exit, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if ha_exit.done():
-            print(f"Home Assistant exited with {proc.returncode}; see {log_path(cfg)}")  # noqa: T201
+            print(f"Home Assistant exited with {proc.returncode}; see {log_path(cfg)}")
             return 1
         return 0
     finally:
@@ -438,7 +438,7 @@ async def run(cfg: DevConfig) -> int:
         await firmware.stop()
         await broker.stop()
         out.close()
-        print("Stopped.", flush=True)  # noqa: T201
+        print("Stopped.", flush=True)
 
 
 def main() -> int:
