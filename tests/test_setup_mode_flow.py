@@ -132,9 +132,10 @@ async def test_tls_1_1_only_firmware_completes(hass: HomeAssistant, socket_enabl
 async def test_pinned_certificate_firmware_gets_the_clear_error(
     hass: HomeAssistant, socket_enabled: None, rom_version: str
 ) -> None:
+    # The handler outlives the device: it retries its handshake until it is stopped.
     async with (
-        setup_device(hass, rom_version=rom_version) as (device, _, _),
         expect_failed_handshakes(1),
+        setup_device(hass, rom_version=rom_version) as (device, _, _),
     ):
         result = await start_flow(hass)
         final = await finish(hass, result["flow_id"])

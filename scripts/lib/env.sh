@@ -64,49 +64,55 @@ ensure_venv() { # ensure_venv PYTHON VENV REQUIREMENTS_FILE
   touch "$venv/.req-$stamp"
 }
 
-_chroot_mounts=()
-chroot_leave() {
-  local i
-  for ((i=${#_chroot_mounts[@]}-1; i>=0; i--)); do umount -l "${_chroot_mounts[$i]}" 2>/dev/null || true; done
-  _chroot_mounts=()
-}
+# Debian packages the chroot needs besides Python: a compiler for the few wheels
+# HA's frontend dependencies lack on 3.14, and the peers the tests start.
+CHROOT_PACKAGES=(python3.14 python3.14-venv python3.14-dev g++ ca-certificates "${DEB_PEER_PACKAGES[@]}")
+CHROOT_BINARIES=(/usr/bin/python3.14 /usr/lib/python3.14/ensurepip /usr/include/python3.14/Python.h /usr/bin/g++ /etc/ssl/certs "${DEB_PEER_BINARIES[@]}")
 
-chroot_enter() { # create (once) and mount the Debian sid chroot; needs root
+chroot_prepare() { # create (once) the Debian sid chroot and install what it lacks; needs root
   if [ "$(id -u)" -ne 0 ]; then
     log "no Python >= 3.14.2 found, and the Debian sid fallback needs root."
     log "install Python 3.14 (e.g. pyenv install 3.14) or run as root."
     return 1
   fi
+  command -v unshare >/dev/null || { log "unshare (util-linux) is needed for the chroot"; return 1; }
   if [ ! -f "$CHROOT/.ready" ]; then
     command -v debootstrap >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
     log "creating the Debian sid chroot in $CHROOT (about a minute, once)"
     rm -rf "$CHROOT"
-    debootstrap --variant=minbase --include="python3.14,python3.14-venv,ca-certificates,${DEB_PEER_PACKAGES[*]// /,}" \
-      sid "$CHROOT" >/dev/null
+    local include
+    include=$(IFS=,; echo "${CHROOT_PACKAGES[*]}")
+    debootstrap --variant=minbase --include="$include" sid "$CHROOT" >/dev/null
     touch "$CHROOT/.ready"
   fi
-  local i
-  for i in "${!DEB_PEER_BINARIES[@]}"; do
-    if [ ! -x "$CHROOT${DEB_PEER_BINARIES[$i]}" ]; then
-      log "installing ${DEB_PEER_PACKAGES[$i]} in the chroot"
-      chroot "$CHROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin bash -c \
-        "apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${DEB_PEER_PACKAGES[$i]} >/dev/null"
-    fi
-  done
   cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
   cp /etc/ssl/certs/ca-certificates.crt "$CHROOT/etc/ssl/certs/ca-certificates.crt"
   mkdir -p "$CHROOT/repo"
-  trap chroot_leave EXIT
-  mount --bind "$ROOT" "$CHROOT/repo"; _chroot_mounts+=("$CHROOT/repo")
-  mount -t proc proc "$CHROOT/proc"; _chroot_mounts+=("$CHROOT/proc")
-  mount --bind /dev "$CHROOT/dev"; _chroot_mounts+=("$CHROOT/dev")
-  mount --bind /dev/pts "$CHROOT/dev/pts"; _chroot_mounts+=("$CHROOT/dev/pts")
-  mount -t tmpfs tmpfs "$CHROOT/tmp"; _chroot_mounts+=("$CHROOT/tmp")
+  local i missing=()
+  for i in "${!CHROOT_BINARIES[@]}"; do
+    [ -e "$CHROOT${CHROOT_BINARIES[$i]}" ] || missing+=("${CHROOT_PACKAGES[$i]}")
+  done
+  if [ ${#missing[@]} -ne 0 ]; then
+    log "installing ${missing[*]} in the chroot"
+    # sid's Release files can look expired to a machine whose clock runs ahead.
+    chroot_run bash -c "apt-get -o Acquire::Check-Valid-Until=false update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]} >/dev/null"
+  fi
 }
 
-in_chroot() { # in_chroot CMD... (inside: the repo is /repo)
-  chroot "$CHROOT" env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 CI="${CI:-}" TERM="${TERM:-dumb}" "$@"
+chroot_run() { # chroot_run CMD... : run CMD in the chroot (the repo is /repo)
+  # A private mount namespace per run: the mounts vanish with it, and concurrent runs
+  # (tests, the demo, the browser check) never see or unmount each other's.
+  unshare --mount --propagation private -- bash -c '
+    set -e
+    c=$1 r=$2; shift 2
+    mount --bind "$r" "$c/repo"
+    mount -t proc proc "$c/proc"
+    mount --rbind /dev "$c/dev"
+    mount -t tmpfs tmpfs "$c/tmp"
+    exec chroot "$c" "$@"' _ "$CHROOT" "$ROOT" \
+    env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 CI="${CI:-}" \
+      TERM="${TERM:-dumb}" "$@"
 }
 
 chroot_ensure_venv() { # chroot_ensure_venv NAME REQUIREMENTS_FILE(relative to repo) -> prints venv path
@@ -114,7 +120,7 @@ chroot_ensure_venv() { # chroot_ensure_venv NAME REQUIREMENTS_FILE(relative to r
   stamp=$(req_stamp "$ROOT/$req")
   if [ ! -f "$CHROOT$venv/.req-$stamp" ]; then
     log "building $venv inside the chroot (a few minutes, once)"
-    in_chroot bash -c "rm -rf $venv && python3.14 -m venv $venv && $venv/bin/pip install -q --upgrade pip >/dev/null && $venv/bin/pip install -q -r /repo/$req && touch $venv/.req-$stamp" >&2
+    chroot_run bash -c "rm -rf $venv && python3.14 -m venv $venv && $venv/bin/pip install -q --upgrade pip >/dev/null && $venv/bin/pip install -q -r /repo/$req && touch $venv/.req-$stamp" >&2
   fi
   echo "$venv"
 }

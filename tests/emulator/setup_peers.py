@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from homeassistant.util.ssl import server_context_modern
 
 SERVER_LEGACY_CIPHERS = "AES128-SHA:AES256-SHA:AES128-SHA256:AES256-SHA256:@SECLEVEL=0"
 USER1_PATH = "/ota/image_user1-0x01000.bin"
@@ -77,8 +78,13 @@ def legacy_server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
 
 
 def modern_server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
-    """Python's default server context: no suite the device offers."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """Home Assistant's modern server context (TLS >= 1.2, ECDHE suites only).
+
+    Python's bare default server context is not a stable reference: on Python 3.14
+    with OpenSSL 3.6 it still accepts TLS 1.2 with AES256-SHA256 (RSA key exchange),
+    where Python 3.11-3.13 with OpenSSL 3.0 refuse it (spec setup-mode-ota.md §9).
+    """
+    context = server_context_modern()
     context.load_cert_chain(*cert)
     return context
 
