@@ -96,10 +96,17 @@ class DevConfig:
     ports: Ports = field(default_factory=Ports)
     token: str | None = None
 
+    state_dir: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """Where the demo keeps its state (default .develop/ in the repo)."""
+        return self.state_dir or self.repo / ".develop"
+
     @property
     def config_dir(self) -> Path:
         """HA's config dir for the demo."""
-        return self.repo / ".develop" / "config"
+        return self.workdir / "config"
 
     @property
     def base_url(self) -> str:
@@ -275,6 +282,21 @@ async def onboard(session: aiohttp.ClientSession, cfg: DevConfig) -> None:
         cfg.token = (await resp.json())["access_token"]
 
 
+async def promote_http_config(session: aiohttp.ClientSession, cfg: DevConfig) -> None:
+    """Keep HA on 127.0.0.1:<port> (HA 2026.x treats YAML http settings as a trial).
+
+    Without this, HA reverts to its previous HTTP settings after five minutes and
+    restarts. Older HA has no such command; an error answer is fine there.
+    """
+    async with session.ws_connect(f"{cfg.base_url}/api/websocket") as ws:
+        await ws.receive_json()  # auth_required
+        await ws.send_json({"type": "auth", "access_token": cfg.token})
+        if (await ws.receive_json()).get("type") != "auth_ok":
+            raise SystemExit("could not authenticate on HA's websocket API")
+        await ws.send_json({"id": 1, "type": "http/config/promote"})
+        await ws.receive_json()
+
+
 async def ensure_entry(
     session: aiohttp.ClientSession, cfg: DevConfig, domain: str, answers: list[dict[str, Any]]
 ) -> None:
@@ -306,7 +328,7 @@ async def ensure_entry(
 
 def log_path(cfg: DevConfig) -> Path:
     """Where HA's console output goes."""
-    return cfg.repo / ".develop" / "home-assistant.out"
+    return cfg.workdir / "home-assistant.out"
 
 
 def banner(cfg: DevConfig) -> str:
@@ -365,8 +387,8 @@ def demo_devices(cfg: DevConfig) -> list[VirtualSonoff]:
 
 async def run(cfg: DevConfig) -> int:
     """Start everything, wait for Ctrl-C, stop everything."""
-    workdir = cfg.repo / ".develop"
-    workdir.mkdir(exist_ok=True)
+    workdir = cfg.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
     firmware = FirmwareImages(cfg.ports.firmware)
     prepare_config_dir(cfg, firmware)
     broker = MosquittoBroker(workdir / "mosquitto")
@@ -396,6 +418,7 @@ async def run(cfg: DevConfig) -> int:
         async with aiohttp.ClientSession() as session:
             await wait_until_up(session, cfg, proc)
             await onboard(session, cfg)
+            await promote_http_config(session, cfg)
             await ensure_entry(
                 session,
                 cfg,
@@ -447,8 +470,18 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--fresh", action="store_true", help="start from an empty config dir")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep the demo's state here (relative to the repo) instead of .develop/",
+    )
     args = parser.parse_args()
-    cfg = DevConfig(repo=args.repo.resolve(), port=args.port, fresh=args.fresh)
+    cfg = DevConfig(
+        repo=args.repo.resolve(),
+        port=args.port,
+        fresh=args.fresh,
+        state_dir=(args.repo / args.state_dir).resolve() if args.state_dir else None,
+    )
     return asyncio.run(run(cfg))
 
 
