@@ -7,11 +7,15 @@ otherwise shadow ours ("Integration not found").
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
+from pathlib import Path
 
+from homeassistant.core import HomeAssistant
 import pytest
 
 import custom_components.sonoff_ota  # noqa: F401  (must come first, see above)
+from tests.harness import setup_real_mqtt
+from virtual_sonoff.mosquitto import MosquittoBroker
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +24,16 @@ def auto_enable_custom_integrations(
 ) -> Generator[None]:
     """Let HA load the integration from custom_components/."""
     yield
+
+
+@pytest.fixture
+async def broker(socket_enabled: None, tmp_path: Path) -> AsyncGenerator[MosquittoBroker]:
+    """A real Mosquitto (Debian package) on a free 127.0.0.1 port, stopped at the end."""
+    async with MosquittoBroker(tmp_path / "mosquitto") as running:
+        yield running
+
+
+@pytest.fixture
+async def real_mqtt(hass: HomeAssistant, mock_hass_config: None, broker: MosquittoBroker) -> None:
+    """HA's real MQTT integration connected to the real broker."""
+    await setup_real_mqtt(hass, broker)

@@ -13,12 +13,17 @@ from dataclasses import dataclass
 import hashlib
 import socket
 
+from homeassistant.components.mqtt import config_flow as mqtt_config_flow
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
 from tests.proto.firmware_server import FirmwareServer, firmware_server
 from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite
+from virtual_sonoff.mosquitto import MosquittoBroker
+from virtual_sonoff.tasmota import VirtualTasmota
 
 LOOPBACK = "127.0.0.1"
 WIFI = {CONF_SSID: "HomeNet", CONF_WIFI_PASSWORD: "correct-horse"}
@@ -73,6 +78,8 @@ def install_settings(hass: HomeAssistant, firmware: Firmware, **overrides: objec
         "finalstage_bind": LOOPBACK,
         "finalstage_port": free_port(),
         "callback_host": LOOPBACK,
+        "tasmota_ap_url": f"http://{LOOPBACK}:{free_port()}",
+        "device_broker_host": LOOPBACK,
         "pacing_scale": 0.02,
         "serve_from_ha": False,
         "firmware": firmware.settings(),
@@ -84,6 +91,8 @@ def install_settings(hass: HomeAssistant, firmware: Firmware, **overrides: objec
             diy_request=2,
             diy_flash=10,
             diy_reboot=5,
+            tasmota_ap=5,
+            discovery=10,
             pinning_grace=0.3,
         ),
     }
@@ -98,3 +107,45 @@ async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> No
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 - nothing to await but the state
             await asyncio.sleep(0.01)
+
+
+async def setup_real_mqtt(hass: HomeAssistant, broker: MosquittoBroker) -> MockConfigEntry:
+    """HA's MQTT entry pointing at a real broker (entry version of this HA's MQTT flow)."""
+    entry = MockConfigEntry(
+        domain="mqtt",
+        data={"broker": broker.host, "port": broker.port},
+        version=mqtt_config_flow.FlowHandler.VERSION,
+        minor_version=mqtt_config_flow.FlowHandler.MINOR_VERSION,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+def tasmota_ap_port(settings: Settings) -> int:
+    """The loopback port standing for Tasmota's 192.168.4.1 in these settings."""
+    return int(settings.tasmota_ap_url.rsplit(":", 1)[1])
+
+
+async def assert_tasmota_switch_works(
+    hass: HomeAssistant, device_id: str, tasmota: VirtualTasmota
+) -> None:
+    """HA's tasmota device has a switch; turning it on flips the relay and comes back."""
+    registry = er.async_get(hass)
+
+    def switches() -> list[er.RegistryEntry]:
+        return [
+            entry
+            for entry in er.async_entries_for_device(registry, device_id)
+            if entry.domain == "switch"
+        ]
+
+    await wait_until(switches)
+    (switch,) = switches()
+    await wait_until(lambda: (s := hass.states.get(switch.entity_id)) and s.state == "off")
+    await hass.services.async_call(
+        "switch", "turn_on", {"entity_id": switch.entity_id}, blocking=True
+    )
+    await tasmota.wait_until(lambda: tasmota.relays[0], within=5)
+    await wait_until(lambda: (s := hass.states.get(switch.entity_id)) and s.state == "on")

@@ -30,14 +30,25 @@ from tests.harness import (
     LOOPBACK,
     WIFI,
     Firmware,
+    assert_tasmota_switch_works,
     free_port,
     install_settings,
     local_firmware,
+    tasmota_ap_port,
     wait_until,
 )
 from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
+from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Fault, Faults, Timing
+
+# Every flow needs HA's MQTT (flashed devices report through it): a real Mosquitto.
+# MQTT's periodic timer and hatasmota's debounce outlive a test by design.
+pytestmark = [
+    pytest.mark.mosquitto,
+    pytest.mark.parametrize("expected_lingering_timers", [True]),
+    pytest.mark.parametrize("expected_lingering_tasks", [True]),
+]
 
 
 def zeroconf_info(device: DiyDevice) -> ZeroconfServiceInfo:
@@ -53,15 +64,30 @@ def zeroconf_info(device: DiyDevice) -> ZeroconfServiceInfo:
     )
 
 
+SONOFFS: dict[int, VirtualSonoff] = {}
+"""The whole virtual Sonoff behind each eWeLink device a test holds."""
+
+
 @asynccontextmanager
 async def diy_device(
     hass: HomeAssistant, *, tasmota_size: int = 480_000, **config: Any
 ) -> AsyncIterator[tuple[DiyDevice, Firmware]]:
     async with local_firmware(tasmota_size) as firmware:
-        install_settings(hass, firmware)
-        async with DiyDevice(DiyConfig(**config)) as device:
+        settings = install_settings(hass, firmware)
+        sonoff = VirtualSonoff(
+            "diy",
+            diy=DiyConfig(**config),
+            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
+        )
+        async with sonoff:
+            device = sonoff.ewelink
+            assert isinstance(device, DiyDevice)
+            SONOFFS[id(device)] = sonoff
             assert await async_setup_component(hass, "http", {})
-            yield device, firmware
+            try:
+                yield device, firmware
+            finally:
+                SONOFFS.pop(id(device), None)
 
 
 async def discover(hass: HomeAssistant, device: DiyDevice) -> dict[str, Any]:
@@ -91,7 +117,7 @@ def flashed(device: DiyDevice) -> bytes | None:
 
 @pytest.mark.parametrize("fw_version", ["3.3.0", "3.5.0", "3.6.0", "3.7.6"])
 async def test_discovered_device_is_flashed_with_exactly_our_image(
-    hass: HomeAssistant, socket_enabled: None, fw_version: str
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, fw_version: str
 ) -> None:
     async with diy_device(hass, fw_version=fw_version, removed_from_ewelink=True) as (
         device,
@@ -112,12 +138,16 @@ async def test_discovered_device_is_flashed_with_exactly_our_image(
         sent = list(device.requests)
         assert all(r.deviceid != "" for r in sent), "never send an empty deviceid"
         assert sum(r.path.endswith("ota_flash") for r in sent) == 1
+        tasmota = SONOFFS[id(device)].tasmota
+        assert tasmota is not None
+        device_id = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
+        await assert_tasmota_switch_works(hass, device_id, tasmota)
     server = hass.data[SERVER_KEY]
     assert server.active == {}
 
 
 async def test_rediscovery_does_not_start_a_second_flow(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, _):
         first = await discover(hass, device)
@@ -130,7 +160,7 @@ async def test_rediscovery_does_not_start_a_second_flow(
 
 
 async def test_known_device_address_is_updated_on_rediscovery(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, _):
         entry = MockConfigEntry(
@@ -148,7 +178,7 @@ async def test_known_device_address_is_updated_on_rediscovery(
 
 
 async def test_manual_entry_reaches_the_same_flash(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, firmware):
         result: Any = await hass.config_entries.flow.async_init(
@@ -170,7 +200,7 @@ async def test_manual_entry_reaches_the_same_flash(
 
 
 async def test_manual_entry_of_a_dead_address_says_so_and_recovers(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, _):
         result: Any = await hass.config_entries.flow.async_init(
@@ -194,7 +224,7 @@ async def test_manual_entry_of_a_dead_address_says_so_and_recovers(
 
 
 async def test_already_unlocked_device_is_not_unlocked_again(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass, ota_unlocked=True) as (device, _):
         result = await discover(hass, device)
@@ -222,7 +252,7 @@ async def test_already_unlocked_device_is_not_unlocked_again(
     ],
 )
 async def test_device_errors_end_with_their_own_message(
-    hass: HomeAssistant, socket_enabled: None, config: dict[str, Any], reason: str
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, config: dict[str, Any], reason: str
 ) -> None:
     async with diy_device(hass, **config) as (device, _):
         result = await discover(hass, device)
@@ -241,7 +271,7 @@ async def test_device_errors_end_with_their_own_message(
     ],
 )
 async def test_ineligible_devices_are_refused_before_anything_changes(
-    hass: HomeAssistant, socket_enabled: None, config: dict[str, Any], reason: str
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, config: dict[str, Any], reason: str
 ) -> None:
     async with diy_device(hass, **config) as (device, _):
         result = await discover(hass, device)
@@ -251,7 +281,7 @@ async def test_ineligible_devices_are_refused_before_anything_changes(
 
 
 async def test_oversize_image_is_caught_before_the_device_sees_it(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass, tasmota_size=520_193) as (device, _):
         result = await discover(hass, device)
@@ -262,7 +292,7 @@ async def test_oversize_image_is_caught_before_the_device_sees_it(
 
 
 async def test_device_vanishing_mid_flash_is_never_flashed_twice(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     slow = Timing(chunk_delay=0.02)
     async with diy_device(hass, timing=slow) as (device, firmware):
@@ -284,7 +314,7 @@ async def test_device_vanishing_mid_flash_is_never_flashed_twice(
 
 
 async def test_stalled_device_times_out_at_the_flash(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass, faults=Faults({Fault.STALL})) as (device, firmware):
         install_settings(
@@ -297,7 +327,9 @@ async def test_stalled_device_times_out_at_the_flash(
         assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
 
 
-async def test_unlock_that_hangs_times_out(hass: HomeAssistant, socket_enabled: None) -> None:
+async def test_unlock_that_hangs_times_out(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
     """eWeLink 3.7 hangs on unlock while the device is still bound to an eWeLink account."""
     async with diy_device(hass, fw_version="3.7.6", removed_from_ewelink=False) as (device, fw):
         install_settings(hass, fw, timeouts=Timeouts(diy_request=0.5, diy_flash=5))
@@ -308,11 +340,21 @@ async def test_unlock_that_hangs_times_out(hass: HomeAssistant, socket_enabled: 
         assert flashed(device) is None
 
 
-async def test_ten_devices_flash_at_once(hass: HomeAssistant, socket_enabled: None) -> None:
+async def test_ten_devices_flash_at_once(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
     async with local_firmware() as firmware:
         install_settings(hass, firmware)
         assert await async_setup_component(hass, "http", {})
         MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data=WIFI).add_to_hass(hass)
+        # The DIY part is what this test is about: the ten Tasmotas boot with their APs
+        # out of reach, so each flow stops at the hand-off (a real host joins one AP at a
+        # time; that is the phone-link path).
+        install_settings(
+            hass,
+            firmware,
+            timeouts=Timeouts(diy_request=2, diy_flash=20, tasmota_ap=0.5, discovery=0.5),
+        )
         devices = [
             DiyDevice(DiyConfig(deviceid=f"1000e4c1{i:02x}", source_host=f"127.0.0.{10 + i}"))
             for i in range(10)
@@ -332,7 +374,7 @@ async def test_ten_devices_flash_at_once(hass: HomeAssistant, socket_enabled: No
             for flow in flows:
                 final = await hass.config_entries.flow.async_configure(flow["flow_id"])
                 assert final["type"] is FlowResultType.ABORT
-                assert final["reason"] == "flash_successful"
+                assert final["reason"] == "tasmota_not_found"
             assert not hass.config_entries.flow.async_progress()
         finally:
             for device in devices:

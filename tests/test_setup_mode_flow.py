@@ -29,16 +29,30 @@ from tests.harness import (
     LOOPBACK,
     WIFI,
     Firmware,
+    assert_tasmota_switch_works,
     free_port,
     install_settings,
     local_firmware,
+    tasmota_ap_port,
     wait_until,
 )
 from tests.proto.legacy_clients import expect_failed_handshakes, legacy_client_context
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.legacy_tls import TlsVariant
+from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Fault, Faults, Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
+
+# Every flow needs HA's MQTT (flashed devices report through it): a real Mosquitto.
+# MQTT's periodic timer and hatasmota's debounce outlive a test by design.
+pytestmark = [
+    pytest.mark.mosquitto,
+    pytest.mark.parametrize("expected_lingering_timers", [True]),
+    pytest.mark.parametrize("expected_lingering_tasks", [True]),
+]
+
+SONOFFS: dict[int, VirtualSonoff] = {}
+"""The whole virtual Sonoff behind each eWeLink device a test holds."""
 
 
 @asynccontextmanager
@@ -50,15 +64,27 @@ async def setup_device(
         device_config = SetupModeConfig(
             finalstage_server=(LOOPBACK, settings.finalstage_port), **config
         )
-        async with SetupModeDevice(device_config) as device:
+        sonoff = VirtualSonoff(
+            "setup",
+            setup=device_config,
+            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
+        )
+        async with sonoff:
+            device = sonoff.ewelink
+            assert isinstance(device, SetupModeDevice)
+            SONOFFS[id(device)] = sonoff
             install_settings(
                 hass,
                 firmware,
                 finalstage_port=settings.finalstage_port,
                 setup_ap_url=device.ap_url,
+                tasmota_ap_url=settings.tasmota_ap_url,
             )
             assert await async_setup_component(hass, "http", {})
-            yield device, firmware, settings
+            try:
+                yield device, firmware, settings
+            finally:
+                SONOFFS.pop(id(device), None)
 
 
 async def start_flow(hass: HomeAssistant) -> dict[str, Any]:
@@ -90,26 +116,32 @@ async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("slot", "sessions"), [("user2", 2), ("user1", 1)])
 async def test_happy_path_flashes_exactly_the_tasmota_we_served(
-    hass: HomeAssistant, socket_enabled: None, slot: str, sessions: int
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, slot: str, sessions: int
 ) -> None:
     async with setup_device(hass, running_slot=slot) as (device, firmware, _):
         result = await start_flow(hass)
         final = await finish(hass, result["flow_id"])
         entries = hass.config_entries.async_entries(DOMAIN)
         assert len(entries) == 1, final
-        assert entries[0].data == WIFI
+        assert {key: entries[0].data[key] for key in WIFI} == WIFI
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
         assert device.finalstage_sessions == sessions
         assert device.ap_settings is not None
         assert device.ap_settings.ssid == WIFI["ssid"]
+        # ...and the flashed device works in HA through Tasmota discovery
+        tasmota = SONOFFS[id(device)].tasmota
+        assert tasmota is not None
+        assert tasmota.config.ssid1 == WIFI["ssid"]
+        device_id = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
+        await assert_tasmota_switch_works(hass, device_id, tasmota)
     server = hass.data[SERVER_KEY]
     assert server.active == {}
     assert server.images.fixed is None
 
 
 async def test_lost_ap_reply_is_maybe_accepted_and_the_flash_goes_on(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     faults = Faults({Fault.LOSE_AP_REPLY})
     async with setup_device(hass, faults=faults) as (device, firmware, _):
@@ -120,7 +152,9 @@ async def test_lost_ap_reply_is_maybe_accepted_and_the_flash_goes_on(
         assert hass.config_entries.async_entries(DOMAIN)
 
 
-async def test_tls_1_1_only_firmware_completes(hass: HomeAssistant, socket_enabled: None) -> None:
+async def test_tls_1_1_only_firmware_completes(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
     async with setup_device(hass, tls_variant=TlsVariant.TLS11) as (device, firmware, _):
         result = await start_flow(hass)
         await finish(hass, result["flow_id"])
@@ -130,7 +164,7 @@ async def test_tls_1_1_only_firmware_completes(hass: HomeAssistant, socket_enabl
 
 @pytest.mark.parametrize("rom_version", ["2.6.0", "1.7.0", "3.6.0"])
 async def test_pinned_certificate_firmware_gets_the_clear_error(
-    hass: HomeAssistant, socket_enabled: None, rom_version: str
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, rom_version: str
 ) -> None:
     # The handler outlives the device: it retries its handshake until it is stopped.
     async with (
@@ -146,7 +180,7 @@ async def test_pinned_certificate_firmware_gets_the_clear_error(
 
 
 async def test_old_non_range_firmware_gets_404_then_the_paced_retry(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     """Old firmware does one plain GET and rejects an unpaced body (the "404 problem")."""
     async with setup_device(hass, rom_version="1.5.2", uses_range=False) as (device, firmware, _):
@@ -159,7 +193,7 @@ async def test_old_non_range_firmware_gets_404_then_the_paced_retry(
 
 
 async def test_corrupted_download_gives_404_twice_and_no_flash(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     faults = Faults({Fault.CORRUPT_BYTE})
     async with setup_device(hass, faults=faults) as (device, _, _):
@@ -173,7 +207,7 @@ async def test_corrupted_download_gives_404_twice_and_no_flash(
 
 
 async def test_disconnect_mid_download_recovers_on_the_retry(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     faults = Faults({Fault.DROP_MID_DOWNLOAD})
     async with setup_device(hass, faults=faults) as (device, firmware, _):
@@ -187,7 +221,7 @@ async def test_disconnect_mid_download_recovers_on_the_retry(
 
 
 async def test_busy_port_is_reported_before_anything_happens(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with setup_device(hass) as (device, _, settings):
         with socket.socket() as holder:
@@ -215,7 +249,7 @@ async def test_busy_port_is_reported_before_anything_happens(
 
 
 async def test_setup_ap_timeout_offers_a_retry_then_succeeds(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     """The host is not on ITEAD-<id> yet (the AP port is closed), then it is."""
     async with local_firmware() as firmware:
@@ -237,25 +271,33 @@ async def test_setup_ap_timeout_offers_a_retry_then_succeeds(
         device_config = SetupModeConfig(
             ap_port=ap_port, finalstage_server=(LOOPBACK, settings.finalstage_port)
         )
-        async with SetupModeDevice(device_config) as device:
+        sonoff = VirtualSonoff(
+            "setup",
+            setup=device_config,
+            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
+        )
+        async with sonoff:
+            device = sonoff.ewelink
+            assert isinstance(device, SetupModeDevice)
             install_settings(
                 hass,
                 firmware,
                 finalstage_port=settings.finalstage_port,
                 setup_ap_url=device.ap_url,
-                timeouts=Timeouts(setup_ap=5, dispatch=5, upgrade=10, finalstage=10),
+                tasmota_ap_url=settings.tasmota_ap_url,
             )
             resumed = await hass.config_entries.flow.async_configure(
                 final["flow_id"], {"next_step_id": "flash"}
             )
             assert resumed["type"] is FlowResultType.SHOW_PROGRESS
-            await finish(hass, resumed["flow_id"])
+            done = await finish(hass, resumed["flow_id"])
+            assert done["type"] is FlowResultType.CREATE_ENTRY, done
             await device.wait_for_stage(DeviceStage.TASMOTA)
             assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
 
 
 async def test_timeout_then_cancel_closes_every_port(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with local_firmware() as firmware:
         settings = install_settings(
@@ -286,7 +328,7 @@ async def test_timeout_then_cancel_closes_every_port(
     "device_stage", [DeviceStage.AP_MODE, DeviceStage.DOWNLOADING, DeviceStage.FINALSTAGE]
 )
 async def test_abort_at_any_stage_closes_every_port(
-    hass: HomeAssistant, socket_enabled: None, device_stage: DeviceStage
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, device_stage: DeviceStage
 ) -> None:
     """The user closes the dialog while the flash waits; nothing stays open."""
     slow = Timing(chunk_delay=0.05)

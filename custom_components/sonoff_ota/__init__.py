@@ -5,12 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.core import HomeAssistant
+from homeassistant.const import Platform
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.typing import ConfigType
 import voluptuous as vol
 
-from .const import DOMAIN
+from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
+from .device_entity import async_sync_ha_devices
+from .device_flashes import DeviceFlashes
+from .diy_run import DiyRun
+from .handoff_run import HandoffRun
+from .issues import async_track_mqtt
+from .known_devices import async_adopt_pending_devices, signal_devices_updated
+from .proto.tasmota_handoff import EwelinkIdentity
+from .proto.wifi import WifiSettings
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
+
+PLATFORMS = [Platform.SENSOR, Platform.UPDATE]
 
 CONFIG_SCHEMA = vol.Schema({vol.Optional(DOMAIN): SETTINGS_SCHEMA}, extra=vol.ALLOW_EXTRA)
 
@@ -18,6 +30,9 @@ CONFIG_SCHEMA = vol.Schema({vol.Optional(DOMAIN): SETTINGS_SCHEMA}, extra=vol.AL
 @dataclass
 class SonoffOtaData:
     """Runtime data of a config entry."""
+
+    flashes: DeviceFlashes
+    """Dashboard flashes and the latest tracker of each device."""
 
 
 type SonoffOtaConfigEntry = ConfigEntry[SonoffOtaData]
@@ -32,10 +47,34 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) -> bool:
     """Set up Sonoff OTA from a config entry."""
-    entry.runtime_data = SonoffOtaData()
+    flashes = DeviceFlashes(hass, entry)
+
+    async def hand_over(run: DiyRun) -> str | None:
+        """After a dashboard flash: Tasmota's Wi-Fi and MQTT, then its HA device."""
+        await run.release_flash()
+        wifi = WifiSettings(entry.data[CONF_SSID], entry.data[CONF_WIFI_PASSWORD])
+        identity = EwelinkIdentity(deviceid=run.target.deviceid, model=run.target.model)
+        outcome = await HandoffRun(hass, run.tracker, wifi, identity, run.target.host).run()
+        return outcome.mac
+
+    flashes.after_flash = hand_over
+    entry.runtime_data = SonoffOtaData(flashes=flashes)
+    entry.async_on_unload(flashes.async_shutdown)
+    entry.async_on_unload(async_track_mqtt(hass))
+
+    @callback
+    def _sync_devices() -> None:
+        async_sync_ha_devices(hass, entry)
+
+    async_adopt_pending_devices(hass, entry)
+    _sync_devices()
+    entry.async_on_unload(
+        async_dispatcher_connect(hass, signal_devices_updated(entry.entry_id), _sync_devices)
+    )
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) -> bool:
     """Unload a config entry."""
-    return True
+    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)

@@ -23,6 +23,7 @@ from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.data_entry_flow import AbortFlow, UnknownFlow
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
+    SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
@@ -33,6 +34,9 @@ import voluptuous as vol
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .flash_server import DeviceBusyError, async_get_flash_server
+from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
+from .issues import async_update_port_issue
+from .known_devices import async_remember_run
 from .listeners import PortInUseError
 from .proto.diy_client import DiyClient, DiyError
 from .proto.diy_discovery import DiyAdvertError, parse_advert
@@ -41,15 +45,25 @@ from .proto.firmware_store import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_ap import SetupApError
 from .proto.setup_mode_flasher import SetupModeError, StageTimeoutError
+from .proto.tasmota_discovery import TasmotaDevice
+from .proto.tasmota_handoff import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings, validate_wifi
 from .settings import get_settings
 from .setup_mode_run import SetupModeRun
+from .tasmota_link import (
+    MqttUnavailableError,
+    TasmotaEntryError,
+    async_create_mqtt_missing_issue,
+    mqtt_unavailable_reason,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
 CONF_CALLBACK_HOST = "callback_host"
 CONF_DEVICEID = "deviceid"
 CONF_DEVICES = "devices"
+CONF_TASMOTA_MAC = "tasmota_mac"
+MQTT_SETUP_PATH = "/config/integrations/integration/mqtt"
 
 type FlashRun = SetupModeRun | DiyRun
 
@@ -71,11 +85,16 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._shown_placeholders: dict[str, str] | None = None
         self._remove_listener: Any = None
         self._diy_placeholders: dict[str, str] = {}
+        self._handoff: HandoffRun | None = None
+        self._outcome: HandoffOutcome | None = None
+        self._candidates: tuple[TasmotaDevice, ...] = ()
 
     # -- Wi-Fi and path ----------------------------------------------------------------------
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the home Wi-Fi the device will join (once; later runs reuse it)."""
+        if (mqtt_missing := self._abort_without_mqtt()) is not None:
+            return mqtt_missing
         if self._wifi is None and (entries := self._async_current_entries(include_ignore=False)):
             data = entries[0].data
             self._wifi = WifiSettings(data[CONF_SSID], data[CONF_WIFI_PASSWORD])
@@ -98,6 +117,16 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             schema = self.add_suggested_values_to_schema(schema, {CONF_SSID: user_input[CONF_SSID]})
         return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
+
+    def _abort_without_mqtt(self) -> ConfigFlowResult | None:
+        """Flashed devices report through MQTT: stop before anything is flashed without it."""
+        reason = mqtt_unavailable_reason(self.hass)
+        if reason is None:
+            return None
+        async_create_mqtt_missing_issue(self.hass, reason)
+        return self.async_abort(
+            reason=str(reason), description_placeholders={"mqtt_path": MQTT_SETUP_PATH}
+        )
 
     async def _async_after_wifi(self) -> ConfigFlowResult:
         if self._diy is not None:  # a discovered device that was confirmed before Wi-Fi
@@ -122,6 +151,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             run = SetupModeRun(self.hass, self._wifi, user_input[CONF_CALLBACK_HOST])
             busy = await run.check_ports()
+            async_update_port_issue(self.hass, busy)
             if busy:
                 errors["base"] = "port_in_use"
                 placeholders["ports"] = ", ".join(busy)
@@ -227,6 +257,8 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Show the eligibility verdict; flashing starts only after the user confirms."""
+        if (mqtt_missing := self._abort_without_mqtt()) is not None:
+            return mqtt_missing
         target = self._diy
         assert target is not None
         if not isinstance(self._run, DiyRun):
@@ -245,6 +277,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                     reason="device_busy", description_placeholders={"deviceid": err.deviceid}
                 )
             self._run = run
+            async_remember_run(self.hass, run)
             self._diy_placeholders = {
                 "deviceid": target.deviceid,
                 "device_type": target.device_type,
@@ -299,19 +332,77 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_show_progress_done(next_step_id="failed")
         if self._error is not None:
             return self.async_show_progress_done(next_step_id="failed")
+        if self._candidates:
+            return self.async_show_progress_done(next_step_id="pick_device")
         return self.async_show_progress_done(next_step_id="finish")
+
+    async def async_step_pick_device(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Several new Tasmota devices appeared at once and no MAC tells which is ours."""
+        by_mac = {device.mac: device for device in self._candidates}
+        errors: dict[str, str] = {}
+        if user_input is not None and self._handoff is not None and self._run is not None:
+            device = by_mac[user_input[CONF_TASMOTA_MAC]]
+            try:
+                self._outcome = await self._handoff.adopt(device, model_known=False)
+            except HandoffLinkError as err:
+                self._fail(self._run.tracker, err.code, err.placeholders)
+                return await self.async_step_failed()
+            return await self.async_step_finish()
+        schema: Any = vol.Schema(
+            {
+                vol.Required(CONF_TASMOTA_MAC): SelectSelector(
+                    SelectSelectorConfig(
+                        options=[
+                            SelectOptionDict(
+                                value=mac, label=f"{dev.device_name or mac} ({dev.ip}, {mac})"
+                            )
+                            for mac, dev in by_mac.items()
+                        ],
+                        mode=SelectSelectorMode.LIST,
+                    )
+                )
+            }
+        )
+        return self.async_show_form(step_id="pick_device", data_schema=schema, errors=errors)
 
     async def _async_flash(self, run: FlashRun) -> None:
         """The progress task: prepare once, then run (or resume) the stages."""
         try:
-            if isinstance(run, SetupModeRun):
-                if run.flasher is None:
-                    await run.prepare(progress=self._on_download_progress)
-                await run.run(self._resume_stage or Stage.WAIT_SETUP_AP)
-            else:
-                await run.run(progress=self._on_download_progress)
+            if self._handoff is None:
+                if isinstance(run, SetupModeRun):
+                    if run.flasher is None:
+                        await run.prepare(progress=self._on_download_progress)
+                    await run.run(self._resume_stage or Stage.WAIT_SETUP_AP)
+                else:
+                    await run.run(progress=self._on_download_progress)
+                await run.release_flash()
+                assert self._wifi is not None
+                self._handoff = HandoffRun(
+                    self.hass,
+                    run.tracker,
+                    self._wifi,
+                    EwelinkIdentity(
+                        deviceid=run.tracker.details.get("deviceid"),
+                        model=run.tracker.details.get("model"),
+                        sta_mac=run.tracker.details.get("sta_mac"),
+                    ),
+                    device_ip=run.target.host if isinstance(run, DiyRun) else None,
+                )
+            self._outcome = await self._handoff.run()
         except StageTimeoutError:
             raise
+        except AmbiguousDeviceError as err:
+            self._candidates = err.candidates
+        except HandoffError as err:
+            self._fail(run.tracker, str(err.code), dict(err.placeholders))
+        except HandoffLinkError as err:
+            self._fail(run.tracker, err.code, err.placeholders)
+        except MqttUnavailableError as err:
+            self._fail(run.tracker, str(err.reason), {"mqtt_path": MQTT_SETUP_PATH})
+        except TasmotaEntryError:
+            self._fail(run.tracker, "tasmota_entry_failed", {})
         except (SetupModeError, DiyFlashError) as err:
             self._fail(run.tracker, err.code, err.placeholders)
         except SetupApError as err:
@@ -331,6 +422,10 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         except Exception:
             _LOGGER.exception("Unexpected error during the flash")
             self._fail(run.tracker, "unknown", {})
+        if self._error is not None:
+            # Stop offering images at once: a device that keeps reconnecting must not get
+            # another try while the user reads the error.
+            await run.release_flash()
 
     def _fail(self, tracker: FlashTracker, code: str, placeholders: dict[str, str]) -> None:
         self._error = (code, placeholders)
@@ -368,6 +463,10 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             "sessions": details.get("finalstage_sessions", "1"),
             "callback_host": self._run.callback_host if self._run else "",
             "ssid": self._wifi.ssid if self._wifi else "",
+            "tasmota_ssid": details.get("tasmota_ssid", "tasmota_…"),
+            # The one-tap link carries the Wi-Fi and MQTT passwords (the text warns):
+            # shown only while Tasmota's AP waits for a phone, never logged.
+            "phone_link": details.get("tasmota_phone_link_secret", ""),
         }
 
     async def async_step_stage_timeout(
@@ -388,6 +487,8 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Show why the flash stopped."""
+        if self._run is not None:
+            async_remember_run(self.hass, self._run)
         await self._async_close()
         code, placeholders = self._error or ("unknown", {})
         return self.async_abort(reason=code, description_placeholders=placeholders)
@@ -397,9 +498,15 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         run = self._run
         assert run is not None and self._wifi is not None
         deviceid = run.tracker.details.get("deviceid", "")
+        outcome = self._outcome
         run.tracker.done()
+        async_remember_run(self.hass, run, flashed=True, mac=outcome.mac if outcome else None)
         await self._async_close()
-        placeholders = {"deviceid": deviceid}
+        placeholders = {
+            "deviceid": deviceid,
+            "device_name": outcome.name if outcome else deviceid,
+            "device_path": f"/config/devices/device/{outcome.device_id}" if outcome else "",
+        }
         if self._async_current_entries(include_ignore=False):
             return self.async_abort(
                 reason="flash_successful", description_placeholders=placeholders

@@ -124,6 +124,12 @@ class DiyRun:
             await self._stack.enter_async_context(server.listeners(plain=True))
         await self._flasher(server, image).run()
 
+    async def release_flash(self) -> None:
+        """The device has Tasmota: stop serving the image and close the listener."""
+        if self.flasher is not None:
+            self.flasher.close()
+        await self._stack.aclose()
+
     async def close(self) -> None:
         """Stop serving, free the device, close the listener."""
         if self.flasher is not None:

@@ -81,6 +81,8 @@ class FlashServer:
         # flash (the callback address the user chose) before the device can dispatch.
         self.cloud = FakeCloud("0.0.0.0", settings.tls_port, tls_observer=self.tls_observer)  # noqa: S104
         self.active: dict[str, FlashTracker] = {}
+        self.finalstage_lock = asyncio.Lock()
+        """One setup-mode flash at a time owns FinalStage (the host's one radio, /ota/)."""
         self._tls = _Lease()
         self._plain = _Lease()
         self._lock = asyncio.Lock()

@@ -103,6 +103,7 @@ class SetupModeRun:
             images=server.images,
             tls_observer=server.tls_observer,
             on_device=self._claim,
+            finalstage_lock=server.finalstage_lock,
         )
 
     def _claim(self, device: DeviceInfo) -> None:
@@ -113,6 +114,12 @@ class SetupModeRun:
         """Run (or resume at `from_stage`) until the intermediate image fetched Tasmota."""
         assert self.flasher is not None
         await self.flasher.run(from_stage)
+
+    async def release_flash(self) -> None:
+        """The device has Tasmota: stop serving images and close the listeners."""
+        if self.flasher is not None:
+            self.flasher.close()
+        await self._stack.aclose()
 
     async def close(self) -> None:
         """Close listeners, stop serving, free the device, forget the password."""

@@ -330,6 +330,10 @@ class ImageServer:
         """Serve `served`'s files at `/ota/<name>` too (for the intermediate image, spec §7)."""
         if served.token not in self._sets:
             raise ValueError("the set is not registered")
+        if self._fixed is not None and self._fixed is not served:
+            # One host is on one FinalStage AP at a time; replacing the mount would send
+            # another flash's fetch events here (callers serialise FinalStage).
+            raise RuntimeError("another flash is using the FinalStage paths")
         self._fixed = served
 
     def unmount_fixed(self) -> None:

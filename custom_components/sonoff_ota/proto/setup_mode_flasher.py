@@ -131,6 +131,7 @@ class SetupModeFlasher:
         tls_observer: TlsHandshakeObserver | None = None,
         on_device: Callable[[DeviceInfo], None] | None = None,
         join_finalstage: Callable[[], Awaitable[None]] | None = None,
+        finalstage_lock: asyncio.Lock | None = None,
     ) -> None:
         """Prepare a flash; nothing happens until `run()`."""
         self.tracker = tracker
@@ -141,6 +142,8 @@ class SetupModeFlasher:
         self._tls = tls_observer
         self._on_device = on_device
         self._join_finalstage = join_finalstage
+        self._finalstage_lock = finalstage_lock
+        self._holds_finalstage = False
         self.device: DeviceInfo | None = None
         self.session: DeviceSession | None = None
         self.served: ServedSet | None = None
@@ -169,6 +172,9 @@ class SetupModeFlasher:
 
     def close(self) -> None:
         """Stop serving and forget the device (idempotent)."""
+        if self._holds_finalstage and self._finalstage_lock is not None:
+            self._finalstage_lock.release()
+            self._holds_finalstage = False
         if self.served is not None:
             if self._images.fixed is self.served:
                 self._images.unmount_fixed()
@@ -343,6 +349,16 @@ class SetupModeFlasher:
 
     async def _wait_finalstage(self) -> None:
         served = self._require_served()
+        if self._finalstage_lock is not None and not self._holds_finalstage:
+            # The host can be on one FinalStage AP at a time, and /ota/ has one owner.
+            if self._finalstage_lock.locked():
+                self.tracker.update(finalstage_file="waiting for another flash's FinalStage")
+            try:
+                async with asyncio.timeout(self.job.timeouts.finalstage):
+                    await self._finalstage_lock.acquire()
+            except TimeoutError as err:
+                raise StageTimeoutError(Stage.WAIT_FINALSTAGE) from err
+            self._holds_finalstage = True
         # The intermediate image fetches its files from 192.168.4.2:8080/ota/ (spec §7).
         self._images.mount_fixed(served)
         index = len(served.history)
