@@ -13,6 +13,7 @@ from typing import Any
 from homeassistant.components.update import UpdateEntityFeature
 from homeassistant.const import ATTR_ENTITY_ID, ATTR_SUPPORTED_FEATURES, STATE_ON
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
+from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.event import async_track_state_change_event
@@ -230,3 +231,18 @@ async def test_devices_learnt_later_get_entities_without_a_reload(hass: HomeAssi
     assert state is not None
     assert state.attributes[ATTR_INSTALLED_VERSION] == "eWeLink 3.6.0"
     assert len(hass.states.async_entity_ids("update")) == 1
+
+
+async def test_a_discovered_device_can_wait_for_the_dashboard(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """ "Flash it now" off: the device only gets its entities, nothing is sent to it."""
+    async with discovered_device(hass) as dash:
+        result = await hass.config_entries.flow.async_configure(
+            dash.flow["flow_id"], {"flash_now": False}
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "device_added"
+        assert dash.entity_id(hass, "update", "firmware") is not None
+        assert not [r for r in dash.device.requests if r.path.endswith(("ota_unlock", "ota_flash"))]
+        assert hass.data[SERVER_KEY].active == {}

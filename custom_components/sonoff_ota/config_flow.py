@@ -63,6 +63,7 @@ CONF_CALLBACK_HOST = "callback_host"
 CONF_DEVICEID = "deviceid"
 CONF_DEVICES = "devices"
 CONF_TASMOTA_MAC = "tasmota_mac"
+CONF_FLASH_NOW = "flash_now"
 MQTT_SETUP_PATH = "/config/integrations/integration/mqtt"
 
 type FlashRun = SetupModeRun | DiyRun
@@ -284,11 +285,28 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                 "fw_version": info.fw_version or "?",
                 "warning": run.tracker.details.get("warnings", ""),
             }
+        has_entry = bool(self._async_current_entries(include_ignore=False))
         if user_input is None:
-            return self.async_show_form(
-                step_id="diy_confirm", description_placeholders=self._diy_placeholders
+            # With the integration set up, the device can also wait on the dashboard
+            # (its Firmware update entity) and be flashed from there later.
+            schema: Any = (
+                vol.Schema({vol.Optional(CONF_FLASH_NOW, default=True): bool})
+                if has_entry
+                else None
             )
-        if self._wifi is None and not self._async_current_entries(include_ignore=False):
+            return self.async_show_form(
+                step_id="diy_confirm",
+                data_schema=schema,
+                description_placeholders=self._diy_placeholders,
+            )
+        if has_entry and not user_input.get(CONF_FLASH_NOW, True):
+            run, self._run = self._run, None
+            if run is not None:
+                await run.close()
+            return self.async_abort(
+                reason="device_added", description_placeholders={"deviceid": target.deviceid}
+            )
+        if self._wifi is None and not has_entry:
             return await self.async_step_user()
         return await self.async_step_diy_flash()
 
