@@ -17,8 +17,12 @@ import ssl
 from typing import Any
 
 from homeassistant import config_entries
-from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.data_entry_flow import (
+    EVENT_DATA_ENTRY_FLOW_PROGRESSED,
+    FlowResultType,
+    UnknownFlow,
+)
 from homeassistant.setup import async_setup_component
 import pytest
 
@@ -106,12 +110,15 @@ async def start_flow(hass: HomeAssistant) -> dict[str, Any]:
 
 
 async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
-    """Let the progress task run to its end, then read the flow's final result."""
+    """Let the progress task run to its end, then fetch the flow's result as the UI does.
+
+    The flow must still be there: progress refreshes must never run it to its end
+    behind the frontend's back (that showed "Invalid flow specified" in the UI).
+    """
     await hass.async_block_till_done(wait_background_tasks=True)
-    for flow in hass.config_entries.flow.async_progress():
-        if flow["flow_id"] == flow_id:
-            return dict(await hass.config_entries.flow.async_configure(flow_id))
-    return {}
+    flows = {flow["flow_id"] for flow in hass.config_entries.flow.async_progress()}
+    assert flow_id in flows, "the flow ended before the frontend could fetch its result"
+    return dict(await hass.config_entries.flow.async_configure(flow_id))
 
 
 @pytest.mark.parametrize(("slot", "sessions"), [("user2", 2), ("user1", 1)])
@@ -376,3 +383,46 @@ async def assert_tls_listening(port: int) -> None:
 def assert_closed(port: int) -> None:
     with pytest.raises(ConnectionRefusedError), socket.create_connection((LOOPBACK, port)):
         pass
+
+
+async def test_a_watching_frontend_sees_each_stage_and_then_the_result(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
+    """Like the UI: fetch the flow on every `data_entry_flow_progressed` event.
+
+    Every fetch must find the flow until the one that returns the final result
+    (a refresh that ran the flow to its end itself made the UI say "Invalid flow").
+    """
+    async with setup_device(hass) as (device, firmware, _):
+        fetched: list[Any] = []
+        lost: list[Exception] = []
+        flow_id = ""
+
+        async def fetch() -> None:
+            try:
+                fetched.append(await hass.config_entries.flow.async_configure(flow_id))
+            except UnknownFlow as err:
+                lost.append(err)
+
+        @callback
+        def on_progress(event: Event[Any]) -> None:
+            if event.data["flow_id"] == flow_id and not any(
+                r["type"] is FlowResultType.CREATE_ENTRY for r in fetched
+            ):
+                hass.async_create_task(fetch())
+
+        unsubscribe = hass.bus.async_listen(EVENT_DATA_ENTRY_FLOW_PROGRESSED, on_progress)
+        try:
+            result = await start_flow(hass)
+            flow_id = result["flow_id"]
+            await hass.async_block_till_done(wait_background_tasks=True)
+            await wait_until(lambda: any(r["type"] is FlowResultType.CREATE_ENTRY for r in fetched))
+        finally:
+            unsubscribe()
+        assert lost == []
+        actions = [
+            r.get("progress_action") for r in fetched if r["type"] is FlowResultType.SHOW_PROGRESS
+        ]
+        assert {"upgrading", "finalstage"} <= set(actions), actions
+        await device.wait_for_stage(DeviceStage.TASMOTA)
+        assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
