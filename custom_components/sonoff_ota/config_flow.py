@@ -13,14 +13,13 @@ Two paths: setup mode (the ITEAD access point; `SetupModeRun`) and DIY mode
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from homeassistant.components import network
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
 from homeassistant.const import CONF_HOST, CONF_PORT
-from homeassistant.data_entry_flow import AbortFlow, UnknownFlow
+from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED, AbortFlow
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
     SelectOptionDict,
@@ -82,7 +81,6 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._task: asyncio.Task[None] | None = None
         self._resume_stage: Stage | None = None
         self._error: tuple[str, dict[str, str]] | None = None
-        self._last_shown: tuple[str, int] | None = None
         self._shown_placeholders: dict[str, str] | None = None
         self._remove_listener: Any = None
         self._diy_placeholders: dict[str, str] = {}
@@ -332,7 +330,6 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                 self._async_flash(run), f"{DOMAIN} flash", eager_start=False
             )
         if not self._task.done():
-            self._last_shown = (run.tracker.stage, run.tracker.percentage)
             self._shown_placeholders = self._placeholders(run.tracker)
             return self.async_show_progress(
                 step_id="flash",
@@ -459,15 +456,31 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             return
         if hasattr(self, "async_update_progress"):  # HA 2025.5+
             self.async_update_progress(tracker.fraction)
-            changed = self._last_shown is None or self._last_shown[0] != tracker.stage
+            shown: tuple[str, int | None] = (tracker.stage, None)
         else:  # HA 2025.4: the percentage lives in the text
-            changed = self._last_shown != (tracker.stage, tracker.percentage)
-        if changed or self._placeholders(tracker) != self._shown_placeholders:
-            self.hass.async_create_task(self._async_refresh(), eager_start=False)
+            shown = (tracker.stage, tracker.percentage)
+        state = (shown, self._placeholders(tracker))
+        if state != self._last_notified:
+            self._last_notified = state
+            self._notify_flow_changed()
 
-    async def _async_refresh(self) -> None:
-        with contextlib.suppress(UnknownFlow):
-            await self.hass.config_entries.flow.async_configure(self.flow_id)
+    _last_notified: tuple[tuple[str, int | None], dict[str, str]] | None = None
+
+    def _notify_flow_changed(self) -> None:
+        """Ask the frontend to fetch the step again (new stage, text or percentage).
+
+        Only an event: calling `async_configure` here would race the frontend's own
+        fetch and, once the task is done, run the flow to its end under its feet
+        (the frontend then shows "Invalid flow specified").
+        """
+        notify = getattr(self, "async_notify_flow_changed", None)  # HA 2026.x
+        if notify is not None:
+            notify()
+            return
+        self.hass.bus.async_fire_internal(
+            EVENT_DATA_ENTRY_FLOW_PROGRESSED,
+            {"handler": self.handler, "flow_id": self.flow_id, "refresh": True},
+        )
 
     def _placeholders(self, tracker: FlashTracker) -> dict[str, str]:
         details = tracker.details
