@@ -12,9 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 import hashlib
 import socket
+from typing import Any
 
 from homeassistant.components.mqtt import config_flow as mqtt_config_flow
 from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -149,3 +151,17 @@ async def assert_tasmota_switch_works(
     )
     await tasmota.wait_until(lambda: tasmota.relays[0], within=5)
     await wait_until(lambda: (s := hass.states.get(switch.entity_id)) and s.state == "on")
+
+
+async def flow_result(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
+    """Fetch a flow whose progress ended, as the UI does, and press Submit on "finish".
+
+    A finished flash first shows the "finish" form (where the new device is); its
+    submit creates the entry (first run) or ends with `flash_successful`.
+    """
+    result: Any = await hass.config_entries.flow.async_configure(flow_id)
+    if result["type"] is FlowResultType.FORM and result["step_id"] == "finish":
+        shown = dict(result["description_placeholders"])
+        result = await hass.config_entries.flow.async_configure(flow_id, {})
+        assert result["description_placeholders"] == shown
+    return dict(result)

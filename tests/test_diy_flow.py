@@ -31,6 +31,7 @@ from tests.harness import (
     WIFI,
     Firmware,
     assert_tasmota_switch_works,
+    flow_result,
     free_port,
     install_settings,
     local_firmware,
@@ -107,7 +108,7 @@ async def confirm_and_flash(hass: HomeAssistant, flow_id: str) -> dict[str, Any]
     await hass.async_block_till_done(wait_background_tasks=True)
     for flow in hass.config_entries.flow.async_progress():
         if flow["flow_id"] == flow_id:
-            return dict(await hass.config_entries.flow.async_configure(flow_id))
+            return await flow_result(hass, flow_id)
     return dict(result)
 
 
@@ -372,7 +373,7 @@ async def test_ten_devices_flash_at_once(
                 assert flashed(device) == firmware.tasmota
                 assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
             for flow in flows:
-                final = await hass.config_entries.flow.async_configure(flow["flow_id"])
+                final = await flow_result(hass, flow["flow_id"])
                 assert final["type"] is FlowResultType.ABORT
                 assert final["reason"] == "tasmota_not_found"
             assert not hass.config_entries.flow.async_progress()

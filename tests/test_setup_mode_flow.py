@@ -34,6 +34,7 @@ from tests.harness import (
     WIFI,
     Firmware,
     assert_tasmota_switch_works,
+    flow_result,
     free_port,
     install_settings,
     local_firmware,
@@ -118,7 +119,7 @@ async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
     await hass.async_block_till_done(wait_background_tasks=True)
     flows = {flow["flow_id"] for flow in hass.config_entries.flow.async_progress()}
     assert flow_id in flows, "the flow ended before the frontend could fetch its result"
-    return dict(await hass.config_entries.flow.async_configure(flow_id))
+    return await flow_result(hass, flow_id)
 
 
 @pytest.mark.parametrize(("slot", "sessions"), [("user2", 2), ("user1", 1)])
@@ -406,9 +407,7 @@ async def test_a_watching_frontend_sees_each_stage_and_then_the_result(
 
         @callback
         def on_progress(event: Event[Any]) -> None:
-            if event.data["flow_id"] == flow_id and not any(
-                r["type"] is FlowResultType.CREATE_ENTRY for r in fetched
-            ):
+            if event.data["flow_id"] == flow_id:
                 hass.async_create_task(fetch())
 
         unsubscribe = hass.bus.async_listen(EVENT_DATA_ENTRY_FLOW_PROGRESSED, on_progress)
@@ -416,10 +415,14 @@ async def test_a_watching_frontend_sees_each_stage_and_then_the_result(
             result = await start_flow(hass)
             flow_id = result["flow_id"]
             await hass.async_block_till_done(wait_background_tasks=True)
-            await wait_until(lambda: any(r["type"] is FlowResultType.CREATE_ENTRY for r in fetched))
+            await wait_until(lambda: any(r["step_id"] == "finish" for r in fetched))
+            await hass.async_block_till_done()
         finally:
             unsubscribe()
         assert lost == []
+        # fetching again is harmless; Submit ends the flow
+        done = await flow_result(hass, flow_id)
+        assert done["type"] is FlowResultType.CREATE_ENTRY
         actions = [
             r.get("progress_action") for r in fetched if r["type"] is FlowResultType.SHOW_PROGRESS
         ]

@@ -34,6 +34,7 @@ from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .flash_server import DeviceBusyError, async_get_flash_server
 from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
+from .host_wifi_run import async_prepare_hop
 from .issues import async_update_port_issue
 from .known_devices import async_remember_run
 from .listeners import PortInUseError
@@ -42,6 +43,7 @@ from .proto.diy_discovery import DiyAdvertError, parse_advert
 from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_store import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
+from .proto.host_wifi import HopError, HopErrorCode
 from .proto.setup_ap import SetupApError
 from .proto.setup_mode_flasher import SetupModeError, StageTimeoutError
 from .proto.tasmota_discovery import TasmotaDevice
@@ -63,6 +65,11 @@ CONF_DEVICEID = "deviceid"
 CONF_DEVICES = "devices"
 CONF_TASMOTA_MAC = "tasmota_mac"
 CONF_FLASH_NOW = "flash_now"
+CONF_CONFIRM_WIFI_ONLY = "confirm_wifi_only"
+WIFI_HOP_STAGES = frozenset(
+    {Stage.WAIT_SETUP_AP, Stage.WAIT_DISPATCH, Stage.WAIT_FINALSTAGE, Stage.FINALSTAGE}
+)
+"""Stages whose text tells the user to change networks; `<stage>_wifi_hop` when HA hops."""
 MQTT_SETUP_PATH = "/config/integrations/integration/mqtt"
 
 type FlashRun = SetupModeRun | DiyRun
@@ -84,6 +91,8 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._shown_placeholders: dict[str, str] | None = None
         self._remove_listener: Any = None
         self._diy_placeholders: dict[str, str] = {}
+        self._finished = False
+        self._finish_placeholders: dict[str, str] = {}
         self._handoff: HandoffRun | None = None
         self._outcome: HandoffOutcome | None = None
         self._candidates: tuple[TasmotaDevice, ...] = ()
@@ -141,22 +150,40 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_setup_mode(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """Choose the address the device calls back; check the ports before anything else."""
+        """Choose the address the device calls back; check the Wi-Fi hop and the ports."""
         assert self._wifi is not None
         errors: dict[str, str] = {}
         await async_get_flash_server(self.hass)  # a flow does not run async_setup
         settings = get_settings(self.hass)
         placeholders = {"ports": f"{settings.tls_port} and {settings.finalstage_port}"}
-        if user_input is not None:
-            run = SetupModeRun(self.hass, self._wifi, user_input[CONF_CALLBACK_HOST])
+        confirmed = bool(user_input and user_input.get(CONF_CONFIRM_WIFI_ONLY))
+        # Inspect the host's network (changes nothing): refuse a LAN on the device subnets,
+        # and ask for a confirmation when the Wi-Fi carries HA's own LAN.
+        try:
+            hop, plan = await async_prepare_hop(
+                self.hass, settings, home_wifi=self._wifi, confirm_wifi_only=True
+            )
+        except HopError as err:
+            return self.async_abort(
+                reason=f"wifi_{err.code.value}", description_placeholders={"detail": str(err)}
+            )
+        placeholders["wifi_backend"] = str(plan.backend)
+        placeholders["wifi_interface"] = plan.interface or "?"
+        if user_input is not None and plan.carries_lan and not confirmed:
+            errors[CONF_CONFIRM_WIFI_ONLY] = str(HopErrorCode.NEEDS_CONFIRMATION)
+        if user_input is not None and not errors:
+            run = SetupModeRun(self.hass, self._wifi, user_input[CONF_CALLBACK_HOST], hop)
             busy = await run.check_ports()
             async_update_port_issue(self.hass, busy)
             if busy:
+                await run.close()
                 errors["base"] = "port_in_use"
                 placeholders["ports"] = ", ".join(busy)
             else:
                 self._run = run
                 return await self.async_step_flash()
+        else:
+            await hop.restore_shielded()  # only looked: drop its D-Bus connection
         default = settings.callback_host or await network.async_get_source_ip(self.hass)
         choices = sorted(
             {
@@ -166,15 +193,16 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             }
             | {default}
         )
-        schema: Any = vol.Schema(
-            {
-                vol.Required(CONF_CALLBACK_HOST, default=default): SelectSelector(
-                    SelectSelectorConfig(
-                        options=choices, custom_value=True, mode=SelectSelectorMode.DROPDOWN
-                    )
+        fields: dict[Any, Any] = {
+            vol.Required(CONF_CALLBACK_HOST, default=default): SelectSelector(
+                SelectSelectorConfig(
+                    options=choices, custom_value=True, mode=SelectSelectorMode.DROPDOWN
                 )
-            }
-        )
+            )
+        }
+        if plan.carries_lan:
+            fields[vol.Required(CONF_CONFIRM_WIFI_ONLY, default=False)] = bool
+        schema: Any = vol.Schema(fields)
         return self.async_show_form(
             step_id="setup_mode",
             data_schema=schema,
@@ -333,7 +361,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             self._shown_placeholders = self._placeholders(run.tracker)
             return self.async_show_progress(
                 step_id="flash",
-                progress_action=str(run.tracker.stage),
+                progress_action=self._progress_action(run),
                 description_placeholders=self._shown_placeholders,
                 progress_task=self._task,
             )
@@ -459,7 +487,9 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             shown: tuple[str, int | None] = (tracker.stage, None)
         else:  # HA 2025.4: the percentage lives in the text
             shown = (tracker.stage, tracker.percentage)
-        state = (shown, self._placeholders(tracker))
+        # Text changes other than the percentage (device id, model, Wi-Fi hop...).
+        details = {k: v for k, v in self._placeholders(tracker).items() if k != "percentage"}
+        state = (shown, details)
         if state != self._last_notified:
             self._last_notified = state
             self._notify_flow_changed()
@@ -482,6 +512,13 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             {"handler": self.handler, "flow_id": self.flow_id, "refresh": True},
         )
 
+    @staticmethod
+    def _progress_action(run: FlashRun) -> str:
+        stage = run.tracker.stage
+        if isinstance(run, SetupModeRun) and run.host_wifi is not None and stage in WIFI_HOP_STAGES:
+            return f"{stage}_wifi_hop"  # HA moves its own Wi-Fi: no "connect this host" text
+        return str(stage)
+
     def _placeholders(self, tracker: FlashTracker) -> dict[str, str]:
         details = tracker.details
         return {
@@ -498,6 +535,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             # The one-tap link carries the Wi-Fi and MQTT passwords (the text warns):
             # shown only while Tasmota's AP waits for a phone, never logged.
             "phone_link": details.get("tasmota_phone_link_secret", ""),
+            "wifi_hop": details.get("wifi_hop", ""),
         }
 
     async def async_step_stage_timeout(
@@ -525,19 +563,31 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         return self.async_abort(reason=code, description_placeholders=placeholders)
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """The device took Tasmota; tell the user what comes next."""
+        """The device took Tasmota: say where it is, then end the flow on "Finish".
+
+        A form first (not the final result at once): the frontend may fetch this step
+        more than once right after the progress ends, and a flow that had already
+        ended would answer the later fetch with "Invalid flow specified".
+        """
         run = self._run
         assert run is not None and self._wifi is not None
-        deviceid = run.tracker.details.get("deviceid", "")
-        outcome = self._outcome
-        run.tracker.done()
-        async_remember_run(self.hass, run, flashed=True, mac=outcome.mac if outcome else None)
-        await self._async_close()
-        placeholders = {
-            "deviceid": deviceid,
-            "device_name": outcome.name if outcome else deviceid,
-            "device_path": f"/config/devices/device/{outcome.device_id}" if outcome else "",
-        }
+        if not self._finished:
+            self._finished = True
+            outcome = self._outcome
+            deviceid = run.tracker.details.get("deviceid", "")
+            run.tracker.done()
+            async_remember_run(self.hass, run, flashed=True, mac=outcome.mac if outcome else None)
+            await self._async_close()
+            self._finish_placeholders = {
+                "deviceid": deviceid,
+                "device_name": outcome.name if outcome else deviceid,
+                "device_path": f"/config/devices/device/{outcome.device_id}" if outcome else "",
+            }
+        placeholders = self._finish_placeholders
+        if user_input is None:
+            return self.async_show_form(
+                step_id="finish", description_placeholders=placeholders, last_step=True
+            )
         if self._async_current_entries(include_ignore=False):
             return self.async_abort(
                 reason="flash_successful", description_placeholders=placeholders

@@ -14,6 +14,15 @@ networks can point the integration elsewhere:
       tls_port: 8443
       callback_host: 192.168.1.10
       device_broker_host: 192.168.1.10
+      wifi_hop: auto            # auto | networkmanager | supervisor | manual
+      nm_bus_address: unix:path=/run/dbus/system_bus_socket
+      supervisor_url: http://supervisor
+      wifi_interface: wlan0
+
+`wifi_hop` says who moves this host's Wi-Fi onto the device's access points during a
+setup-mode flash (shared/spec/host-wifi-hopping.md): `auto` picks NetworkManager over the
+system D-Bus when reachable, else the Supervisor when `SUPERVISOR`/`SUPERVISOR_TOKEN` are
+set, else the user (manual).
 """
 
 from __future__ import annotations
@@ -47,6 +56,10 @@ class Timeouts:
     discovery: float = 300.0
     pinning_grace: float = 10.0
     """A TLS hello with no request after this long means certificate pinning."""
+    wifi_join: float = 45.0
+    """One Wi-Fi hop: association and address (host-wifi-hopping.md §1.6)."""
+    wifi_scan: float = 5.0
+    """Between two Wi-Fi scans while looking for the device's access point."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,14 @@ class Settings:
     """Serve DIY downloads from HA's own server when it is plain HTTP."""
     firmware: dict[str, str] = field(default_factory=dict)
     """Overrides of firmware source URLs (see proto.firmware_store.FirmwareSources)."""
+    wifi_hop: str = "auto"
+    """Who moves the host's Wi-Fi: auto, networkmanager, supervisor or manual."""
+    nm_bus_address: str | None = None
+    """NetworkManager's D-Bus; default: the system bus."""
+    supervisor_url: str | None = None
+    """The Supervisor's API; default: `http://$SUPERVISOR`."""
+    wifi_interface: str | None = None
+    """The Wi-Fi interface to move; default: a spare one, else the one carrying the LAN."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -92,6 +113,10 @@ SETTINGS_SCHEMA = vol.Schema(
         vol.Optional("pacing_scale"): vol.All(vol.Coerce(float), vol.Range(min=0.001, max=10)),
         vol.Optional("serve_from_ha"): cv.boolean,
         vol.Optional("firmware"): {cv.string: cv.string},
+        vol.Optional("wifi_hop"): vol.In(["auto", "networkmanager", "supervisor", "manual"]),
+        vol.Optional("nm_bus_address"): cv.string,
+        vol.Optional("supervisor_url"): cv.url,
+        vol.Optional("wifi_interface"): cv.string,
         vol.Optional("timeouts"): _TIMEOUT_SCHEMA,
     }
 )

@@ -6,16 +6,19 @@ memory for as long as the flash runs and drops it on `close()`.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 import logging
 
-from homeassistant.core import HomeAssistant
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
 from .flash_server import FlashServer, async_get_flash_server
 from .listeners import PortInUseError, async_check_port_free
 from .proto.firmware_store import ProgressCallback
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
+from .proto.host_wifi import HopBackend, WifiHop
 from .proto.setup_ap import DeviceInfo, SetupApClient
 from .proto.setup_mode_flasher import (
     SetupModeFlasher,
@@ -23,6 +26,7 @@ from .proto.setup_mode_flasher import (
     SetupModeJob,
     SetupModeTimeouts,
 )
+from .proto.setup_mode_wifi import SetupModeWifi
 from .proto.wifi import WifiSettings
 from .settings import get_settings
 
@@ -32,8 +36,18 @@ _LOGGER = logging.getLogger(__name__)
 class SetupModeRun:
     """A setup-mode flash from first step to FinalStage (see the module docstring)."""
 
-    def __init__(self, hass: HomeAssistant, wifi: WifiSettings, callback_host: str) -> None:
-        """Prepare a run; nothing is opened until `prepare()`."""
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        wifi: WifiSettings,
+        callback_host: str,
+        hop: WifiHop | None = None,
+    ) -> None:
+        """Prepare a run; nothing is opened until `prepare()`.
+
+        `hop` (prepared, see `host_wifi_run.async_prepare_hop`) moves the host's Wi-Fi; a
+        manual hop or None leaves it to the user. The run owns it and restores it on close.
+        """
         self.hass = hass
         self.tracker = FlashTracker(FlashPath.SETUP_MODE)
         self.callback_host = callback_host
@@ -42,6 +56,20 @@ class SetupModeRun:
         self._server: FlashServer | None = None
         self.flasher: SetupModeFlasher | None = None
         self.synthetic_images = False
+        self.hop = hop
+        self.host_wifi: SetupModeWifi | None = None
+        if hop is not None and hop.backend is not HopBackend.MANUAL:
+            timeouts = get_settings(hass).timeouts
+            self.host_wifi = SetupModeWifi(
+                hop, self.tracker, join_timeout=timeouts.wifi_join, scan_interval=timeouts.wifi_scan
+            )
+        self._running: asyncio.Task[None] | None = None
+        self._unsub_stop: CALLBACK_TYPE | None = None
+        if hop is not None:
+            # HA stopping mid-hop: stop the flash and put the network back before it exits.
+            self._unsub_stop = hass.bus.async_listen_once(
+                EVENT_HOMEASSISTANT_STOP, self._async_hass_stop
+            )
 
     async def check_ports(self) -> list[str]:
         """Ports this flash needs that another program holds (`host:port` strings)."""
@@ -104,6 +132,7 @@ class SetupModeRun:
             tls_observer=server.tls_observer,
             on_device=self._claim,
             finalstage_lock=server.finalstage_lock,
+            host_wifi=self.host_wifi,
         )
 
     def _claim(self, device: DeviceInfo) -> None:
@@ -113,7 +142,24 @@ class SetupModeRun:
     async def run(self, from_stage: Stage = Stage.WAIT_SETUP_AP) -> None:
         """Run (or resume at `from_stage`) until the intermediate image fetched Tasmota."""
         assert self.flasher is not None
-        await self.flasher.run(from_stage)
+        self._running = asyncio.current_task()
+        try:
+            await self.flasher.run(from_stage)
+        finally:
+            self._running = None
+
+    async def restore_network(self) -> None:
+        """Put the host's Wi-Fi back (idempotent, completes even when cancelled)."""
+        if self.host_wifi is not None:
+            await self.host_wifi.restore()
+        elif self.hop is not None:
+            await self.hop.restore_shielded()
+
+    async def _async_hass_stop(self, _event: Event) -> None:
+        self._unsub_stop = None
+        if self._running is not None and not self._running.done():
+            self._running.cancel()  # the flasher restores in its `finally`
+        await self.restore_network()
 
     async def release_flash(self) -> None:
         """The device has Tasmota: stop serving images and close the listeners."""
@@ -122,8 +168,12 @@ class SetupModeRun:
         await self._stack.aclose()
 
     async def close(self) -> None:
-        """Close listeners, stop serving, free the device, forget the password."""
+        """Restore the network, close listeners, stop serving, free the device and password."""
         self._wifi = None
+        if self._unsub_stop is not None:
+            self._unsub_stop()
+            self._unsub_stop = None
+        await self.restore_network()
         if self.flasher is not None:
             self.flasher.job.wifi = WifiSettings(ssid=self.flasher.job.wifi.ssid, password="")
             self.flasher.close()

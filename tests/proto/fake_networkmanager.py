@@ -39,7 +39,7 @@ from dbus_fast.annotations import (
     DBusUInt32,
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
-import pytest_socket  # type: ignore[import-untyped]
+import pytest_socket  # type: ignore[import-untyped,unused-ignore]
 
 from custom_components.sonoff_ota.proto.host_wifi_nm import wait_for_bus_disconnect
 
@@ -339,6 +339,10 @@ class WirelessIface(ServiceInterface):
     def __init__(self, device: Device) -> None:
         super().__init__("org.freedesktop.NetworkManager.Device.Wireless")
         self.device = device
+
+    @dbus_method()
+    def RequestScan(self, options: DBusDict) -> NoReply:
+        self.device.nm.log.calls.append(("RequestScan", (_unwrap(options),)))
 
     @dbus_method()
     def GetAllAccessPoints(self) -> ObjectPaths:

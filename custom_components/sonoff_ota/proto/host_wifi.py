@@ -30,6 +30,7 @@ import ipaddress
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import logging
 import os
+import re
 import socket
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 ITEAD_SSID_PREFIX: Final = "ITEAD-"
+ITEAD_SSID_RE: Final = re.compile(r"^ITEAD-1000[0-9A-Fa-f]{2,8}$")
+"""`ITEAD-10000xxxxx`: a (suffix of the) deviceid, which starts with 1000 (setup-mode-ota.md §5).
+The deviceid is unknown before the host is on this AP, so the hop finds the SSID by a scan."""
 ITEAD_PSK: Final = "12345678"
 """The setup AP's fixed WPA2 PSK (setup-mode-ota.md, host-wifi-hopping.md scope)."""
 ITEAD_ADDRESS: Final = IPv4Interface("10.10.7.2/24")
@@ -51,6 +55,9 @@ HOP_NETWORKS: Final = (ITEAD_ADDRESS.network, FINALSTAGE_ADDRESS.network)
 DEFAULT_JOIN_TIMEOUT: Final = 45.0
 DEFAULT_MANUAL_TIMEOUT: Final = 300.0
 DEFAULT_MANUAL_POLL: Final = 1.0
+DEFAULT_SCAN_INTERVAL: Final = 5.0
+"""Between two scans while looking for an SSID (NM rate-limits RequestScan; the Supervisor's
+`/accesspoints` itself sleeps 5 s, host-wifi-hopping.md §1.1)."""
 
 
 class HopErrorCode(enum.StrEnum):
@@ -68,6 +75,10 @@ class HopErrorCode(enum.StrEnum):
     NEEDS_HOME_CREDENTIALS = "needs_home_credentials"
     """Supervisor backend only: the Wi-Fi carries the LAN and its PSK cannot be read back."""
     NO_WIFI_INTERFACE = "no_wifi_interface"
+    SEVERAL_SETUP_APS = "several_setup_aps"
+    """More than one `ITEAD-…` AP is in range: which device to flash is ambiguous."""
+    SCAN_UNSUPPORTED = "scan_unsupported"
+    """The backend cannot list access points (the manual hop)."""
     BACKEND_UNAVAILABLE = "backend_unavailable"
 
 
@@ -120,6 +131,16 @@ def itead_target(
     return HopTarget(
         ssid=f"{ITEAD_SSID_PREFIX}{deviceid}", address=address, psk=ITEAD_PSK, timeout=timeout
     )
+
+
+def setup_ap_target(
+    ssid: str,
+    *,
+    address: IPv4Interface = ITEAD_ADDRESS,
+    timeout: float = DEFAULT_JOIN_TIMEOUT,
+) -> HopTarget:
+    """The setup AP by the SSID a scan found (`ITEAD-…`, WPA2, PSK 12345678), host 10.10.7.2/24."""
+    return HopTarget(ssid=ssid, address=address, psk=ITEAD_PSK, timeout=timeout)
 
 
 def finalstage_target(
@@ -283,6 +304,14 @@ class WifiHop(abc.ABC):
             _LOGGER.warning("Host network not restored (%s): %s", result.method, result.detail)
         return result
 
+    def set_link_callback(self, on_link: LinkCallback | None) -> None:
+        """Replace the callback that hears the hop's link going down/up."""
+        self._on_link = on_link
+
+    async def restore_shielded(self) -> RestoreResult:
+        """`restore()` that completes even when the caller is cancelled meanwhile."""
+        return await self._restore_shielded()
+
     async def _restore_shielded(self) -> RestoreResult:
         """Run `restore()` to completion even if the calling task is cancelled meanwhile."""
         task = asyncio.ensure_future(self.restore())
@@ -293,6 +322,35 @@ class WifiHop(abc.ABC):
             with contextlib.suppress(Exception):
                 await asyncio.wait({task})
             raise
+
+    async def find_ssids(
+        self,
+        pattern: re.Pattern[str],
+        timeout: float,  # noqa: ASYNC109  (one deadline over several scans)
+        *,
+        scan_interval: float = DEFAULT_SCAN_INTERVAL,
+    ) -> list[str]:
+        """Scan until SSIDs matching `pattern` are in range; return them sorted.
+
+        Raises `TimeoutError` when none appeared within `timeout`, `HopError` when the backend
+        fails (`scan_unsupported` for the manual hop).
+        """
+        if self._plan is None:
+            await self.prepare()
+        async with asyncio.timeout(timeout):
+            while True:
+                found = sorted({s for s in await self._scan() if pattern.match(s)})
+                if found:
+                    return found
+                await self._scan_wait(scan_interval)
+
+    async def _scan(self) -> list[str]:
+        """SSIDs in range now (may trigger and await a scan)."""
+        raise HopError(HopErrorCode.SCAN_UNSUPPORTED, f"{self.backend} cannot scan")
+
+    async def _scan_wait(self, interval: float) -> None:
+        """Wait until a new scan may show more (backends may return early on an AP signal)."""
+        await asyncio.sleep(interval)
 
     def _emit_link(self, event: LinkEvent) -> None:
         if self._on_link is not None:

@@ -461,13 +461,7 @@ class NmWifiHop(WifiHop):
         if device.active != "/":
             self._home_settings = str(await self._get(device.active, ACTIVE_IFACE, "Connection"))
         networks = tuple(n for d in devices for n in d.networks)
-        await self._add_match(
-            f"type='signal',sender='{NM_BUS}',interface='{DEVICE_IFACE}',"
-            f"member='StateChanged',path='{device.path}'"
-        )
-        await self._add_match(
-            f"type='signal',sender='{NM_BUS}',interface='{WIRELESS_IFACE}',path='{device.path}'"
-        )
+        await self._watch_device(device.path)
         return HopPlan(
             HopBackend.NETWORKMANAGER,
             device.interface,
@@ -475,6 +469,47 @@ class NmWifiHop(WifiHop):
             networks,
             self._confirm_wifi_only,
         )
+
+    async def _watch_device(self, path: str) -> None:
+        await self._add_match(
+            f"type='signal',sender='{NM_BUS}',interface='{DEVICE_IFACE}',"
+            f"member='StateChanged',path='{path}'"
+        )
+        await self._add_match(
+            f"type='signal',sender='{NM_BUS}',interface='{WIRELESS_IFACE}',path='{path}'"
+        )
+
+    async def _ensure_bus(self) -> _DeviceInfo:
+        """Reopen the bus after a `restore()` (it closes it) so a later hop can run."""
+        device = self._device
+        assert device is not None
+        if self._lost:  # mid-hop: restore() reconnects and rolls back, not a new hop
+            raise HopError(HopErrorCode.BUS_LOST, "lost the D-Bus connection to NM")
+        if self._bus is None:
+            await self._open_bus()
+            await self._watch_device(device.path)
+        return device
+
+    # -- scan ---------------------------------------------------------------------------------
+
+    async def _scan(self) -> list[str]:
+        device = await self._ensure_bus()
+        with contextlib.suppress(NmCallError):  # "not allowed immediately after a scan" etc.
+            await self._call(device.path, WIRELESS_IFACE, "RequestScan", "a{sv}", [{}])
+        (aps,) = await self._call(device.path, WIRELESS_IFACE, "GetAllAccessPoints")
+        ssids = []
+        for ap in aps:
+            with contextlib.suppress(NmCallError):  # APs vanish while we look
+                ssid = bytes(await self._get(str(ap), AP_IFACE, "Ssid"))
+                ssids.append(ssid.decode(errors="replace"))
+        return ssids
+
+    async def _scan_wait(self, interval: float) -> None:
+        waiter = self._notifier.waiter()  # AccessPointAdded / LastScan changes wake us early
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, interval)
+        if self._lost:
+            raise HopError(HopErrorCode.BUS_LOST, "lost D-Bus while scanning")
 
     # -- join ---------------------------------------------------------------------------------
 
@@ -572,9 +607,8 @@ class NmWifiHop(WifiHop):
         return target.address
 
     async def _join(self, target: HopTarget) -> JoinedNetwork:
-        device = self._device
-        assert device is not None
         await self._stop_keeper()
+        device = await self._ensure_bus()
         try:
             await self._ensure_checkpoint(device.path)
             self._device_reason = 0

@@ -239,6 +239,24 @@ class SupervisorWifiHop(WifiHop):
             )
         return plan
 
+    # -- scan ---------------------------------------------------------------------------------
+
+    async def _scan(self) -> list[str]:
+        """`/accesspoints` runs RequestScan and sleeps 5 s itself (spec §1.1)."""
+        try:
+            data = await self._request(
+                "GET",
+                f"/network/interface/{self._interface}/accesspoints",
+                total=DEFAULT_ACCESS_POINT_TIMEOUT,
+            )
+        except _SupervisorHTTPError as err:
+            raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
+        aps = data.get("accesspoints") or []
+        return [str(ap["ssid"]) for ap in aps if isinstance(ap, dict) and ap.get("ssid")]
+
+    async def _scan_wait(self, interval: float) -> None:
+        await asyncio.sleep(min(interval, self._poll_interval))
+
     # -- join ---------------------------------------------------------------------------------
 
     async def _failure_code(self, target: HopTarget) -> HopErrorCode:

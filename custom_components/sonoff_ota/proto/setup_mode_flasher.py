@@ -19,7 +19,7 @@ import contextlib
 from dataclasses import dataclass, field
 import logging
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .fake_cloud import CloudEventKind, DeviceSession, FakeCloud, PacingPolicy, UpgradeOffer
 from .flash_stages import FlashTracker, Stage
@@ -27,6 +27,9 @@ from .image_server import ImageEvent, ImageEventKind, ImageServer, ServedSet
 from .legacy_tls import TlsHandshakeObserver
 from .setup_ap import ApResult, DeviceInfo, SetupApClient, SetupApTimeoutError
 from .wifi import WifiSettings
+
+if TYPE_CHECKING:
+    from .setup_mode_wifi import SetupModeWifi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,8 +135,14 @@ class SetupModeFlasher:
         on_device: Callable[[DeviceInfo], None] | None = None,
         join_finalstage: Callable[[], Awaitable[None]] | None = None,
         finalstage_lock: asyncio.Lock | None = None,
+        host_wifi: SetupModeWifi | None = None,
     ) -> None:
-        """Prepare a flash; nothing happens until `run()`."""
+        """Prepare a flash; nothing happens until `run()`.
+
+        `host_wifi` moves the host's own Wi-Fi (ITEAD before WAIT_SETUP_AP, home after
+        PROVISIONING, FinalStage before WAIT_FINALSTAGE, home at the end and in every other
+        outcome); None means the user does it by hand (the progress texts say so).
+        """
         self.tracker = tracker
         self.job = job
         self._ap = ap_client
@@ -143,6 +152,7 @@ class SetupModeFlasher:
         self._on_device = on_device
         self._join_finalstage = join_finalstage
         self._finalstage_lock = finalstage_lock
+        self.host_wifi = host_wifi
         self._holds_finalstage = False
         self.device: DeviceInfo | None = None
         self.session: DeviceSession | None = None
@@ -166,9 +176,18 @@ class SetupModeFlasher:
             (Stage.FINALSTAGE, self._finalstage),
         ]
         names = [stage for stage, _ in steps]
-        for stage, step in steps[names.index(from_stage) :]:
-            self.tracker.advance(stage)
-            await step()
+        try:
+            for stage, step in steps[names.index(from_stage) :]:
+                self.tracker.advance(stage)
+                await step()
+        finally:
+            # Success, error, timeout (a retry re-joins) or cancellation: back home.
+            await self.restore_network()
+
+    async def restore_network(self) -> None:
+        """Put the host's Wi-Fi back (no-op without `host_wifi`; idempotent, never raises)."""
+        if self.host_wifi is not None:
+            await self.host_wifi.restore()
 
     def close(self) -> None:
         """Stop serving and forget the device (idempotent)."""
@@ -186,6 +205,8 @@ class SetupModeFlasher:
     # -- stages ------------------------------------------------------------------------------
 
     async def _wait_setup_ap(self) -> None:
+        if self.host_wifi is not None:
+            await self.host_wifi.join_setup_ap(self.job.timeouts.setup_ap)
         try:
             info = await self._ap.wait_for_device(
                 self.job.timeouts.setup_ap, retry_delay=self.job.timeouts.ap_retry_delay
@@ -237,6 +258,9 @@ class SetupModeFlasher:
         note = "accepted" if result is ApResult.ACCEPTED else "maybe accepted (no reply)"
         self.tracker.update(1.0, provisioning=note)
         _LOGGER.info("Device %s provisioned: %s", device.deviceid, note)
+        if self.host_wifi is not None:
+            # The device leaves its AP for the home Wi-Fi and calls us there.
+            await self.host_wifi.go_home()
 
     async def _wait_dispatch(self) -> None:
         session = self._require_session()
@@ -362,6 +386,8 @@ class SetupModeFlasher:
         # The intermediate image fetches its files from 192.168.4.2:8080/ota/ (spec §7).
         self._images.mount_fixed(served)
         index = len(served.history)
+        if self.host_wifi is not None:
+            await self.host_wifi.join_finalstage(self.job.timeouts.finalstage)
         if self._join_finalstage is not None:
             await self._join_finalstage()
         try:
@@ -407,6 +433,8 @@ class SetupModeFlasher:
 
     async def _finalstage(self) -> None:
         served = self._require_served()
+        if self.host_wifi is not None:  # resumed here after a timeout (restored meanwhile)
+            await self.host_wifi.join_finalstage(self.job.timeouts.finalstage)
         index = self._finalstage_index
         try:
             async with asyncio.timeout(self.job.timeouts.finalstage):

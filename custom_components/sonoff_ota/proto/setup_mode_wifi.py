@@ -1,0 +1,152 @@
+"""The host's Wi-Fi during a setup-mode flash: ITEAD, home, FinalStage, home.
+
+`SetupModeWifi` drives a `host_wifi.WifiHop` at the points the flash needs it and reports
+every hop as the `wifi_hop` detail of the flash's tracker. Facts:
+shared/spec/host-wifi-hopping.md (hops, safety), setup-mode-ota.md §5 (ITEAD AP) and §7
+(FinalStage at 192.168.4.2, re-created at each E2A boot).
+
+The ITEAD SSID carries the deviceid, which is unknown before the host is on that AP, so the
+setup AP is found by a scan for `ITEAD-1000…` (`host_wifi.ITEAD_SSID_RE`); more than one such
+AP in range is refused (`several_setup_aps`) rather than guessing which device to flash.
+No Home Assistant imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Final
+
+from .flash_stages import FlashTracker, Stage
+from .host_wifi import (
+    DEFAULT_JOIN_TIMEOUT,
+    DEFAULT_SCAN_INTERVAL,
+    FINALSTAGE_SSID,
+    ITEAD_SSID_RE,
+    HopError,
+    HopErrorCode,
+    HopTarget,
+    LinkEvent,
+    RestoreResult,
+    WifiHop,
+    finalstage_target,
+    setup_ap_target,
+)
+from .setup_mode_flasher import SetupModeError, StageTimeoutError
+
+_LOGGER = logging.getLogger(__name__)
+
+FINALSTAGE_SSID_RE: Final = re.compile(rf"^{FINALSTAGE_SSID}$")
+DETAIL: Final = "wifi_hop"
+"""The tracker detail (and flow placeholder) that says what the hop is doing."""
+
+
+def hop_error(err: HopError, ssid: str, interface: str | None) -> SetupModeError:
+    """A `HopError` as a flash error whose code is the flow's abort reason `wifi_<code>`."""
+    return SetupModeError(
+        f"wifi_{err.code.value}", ssid=ssid, interface=interface or "?", detail=str(err)
+    )
+
+
+class SetupModeWifi:
+    """Move the host's Wi-Fi for one setup-mode flash (see the module docstring)."""
+
+    def __init__(
+        self,
+        hop: WifiHop,
+        tracker: FlashTracker,
+        *,
+        join_timeout: float = DEFAULT_JOIN_TIMEOUT,
+        scan_interval: float = DEFAULT_SCAN_INTERVAL,
+    ) -> None:
+        """Wrap `hop`; nothing changes before the first `join_*` call."""
+        self.hop = hop
+        self.tracker = tracker
+        self._join_timeout = join_timeout
+        self._scan_interval = scan_interval
+        self._on: str | None = None
+        """The SSID the hop has put the host on (kept while FinalStage flaps)."""
+        self._lock = asyncio.Lock()
+        hop.set_link_callback(self._on_link)
+
+    def __repr__(self) -> str:
+        return f"SetupModeWifi(hop={self.hop!r}, on={self._on!r})"
+
+    @property
+    def interface(self) -> str | None:
+        """The Wi-Fi interface the hop moves (known after `prepare()`)."""
+        return self.hop.plan.interface if self.hop.plan else None
+
+    @property
+    def on(self) -> str | None:
+        """The SSID the host was moved to, None while on the home network."""
+        return self._on
+
+    def _detail(self, text: str) -> None:
+        self.tracker.update(None, **{DETAIL: text})
+
+    def _on_link(self, event: LinkEvent) -> None:
+        if self._on != event.ssid:
+            return
+        if event.up:
+            self._detail(f"on {event.ssid} as {event.address}")
+        else:  # FinalStage reboots between its two sessions (setup-mode-ota.md §7)
+            self._detail(f"{event.ssid} is gone for now; re-joining when it is back")
+
+    async def _find(self, pattern: re.Pattern[str], label: str, limit: float, stage: Stage) -> str:
+        self._detail(f"looking for {label} on {self.interface or 'Wi-Fi'}")
+        try:
+            found = await self.hop.find_ssids(pattern, limit, scan_interval=self._scan_interval)
+        except TimeoutError as err:
+            raise StageTimeoutError(stage) from err
+        except HopError as err:
+            raise hop_error(err, label, self.interface) from err
+        if len(found) > 1:
+            raise hop_error(
+                HopError(HopErrorCode.SEVERAL_SETUP_APS, ", ".join(found)),
+                ", ".join(found),
+                self.interface,
+            )
+        return found[0]
+
+    async def _join(self, target: HopTarget) -> None:
+        self._detail(f"joining {target.ssid} on {self.interface or 'Wi-Fi'}")
+        try:
+            joined = await self.hop.join(target)
+        except HopError as err:
+            self._on = None
+            raise hop_error(err, target.ssid, self.interface) from err
+        self._on = target.ssid
+        self._detail(f"on {joined.ssid} as {joined.address}")
+
+    async def join_setup_ap(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Find the device's `ITEAD-…` AP within `timeout` and join it as 10.10.7.2."""
+        if self._on is not None and ITEAD_SSID_RE.match(self._on):
+            return
+        ssid = await self._find(ITEAD_SSID_RE, "ITEAD-…", timeout, Stage.WAIT_SETUP_AP)
+        await self._join(setup_ap_target(ssid, timeout=self._join_timeout))
+
+    async def join_finalstage(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (within `timeout`) for the FinalStage AP, join it as 192.168.4.2, stay on it."""
+        if self._on == FINALSTAGE_SSID:
+            return  # joined, or the hop re-joins by itself while it flaps
+        await self._find(FINALSTAGE_SSID_RE, FINALSTAGE_SSID, timeout, Stage.WAIT_FINALSTAGE)
+        await self._join(finalstage_target(timeout=self._join_timeout))
+
+    async def go_home(self) -> RestoreResult:
+        """Back to the network the host was on before (restore); never raises."""
+        return await self.restore()
+
+    async def restore(self) -> RestoreResult:
+        """Restore the original network; idempotent, runs to its end even when cancelled."""
+        async with self._lock:
+            was_on, self._on = self._on, None
+            result = await self.hop.restore_shielded()
+        if was_on is not None or result.method != "nothing":
+            if result.restored:
+                self._detail("back on the home network")
+            else:
+                self._detail(f"could not restore the home network: {result.detail}")
+                _LOGGER.warning("Host network not restored: %s", result.detail)
+        return result

@@ -1,0 +1,346 @@
+"""Setup mode with HA hopping its own Wi-Fi through (fake) NetworkManager, end to end.
+
+What cannot exist here is the radio. `tests/proto/fake_networkmanager.py` runs a fake NM on a
+private dbus-daemon; the device's ITEAD AP and FinalStage AP exist in the fake exactly while
+the virtual Sonoff has them up, and the loopback ports standing for 10.10.7.1:80 and
+192.168.4.2:8080 accept connections only while the fake reports the matching Wi-Fi connection
+active (`Gate`, driven by the fake's `on_connection` hook). Everything else is real: D-Bus,
+TLS, HTTP, MQTT, HA's config flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+import contextlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+import socket
+from typing import Any
+
+from homeassistant import config_entries
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.setup import async_setup_component
+import pytest
+
+from custom_components.sonoff_ota.const import DOMAIN
+from custom_components.sonoff_ota.settings import Timeouts
+from tests.harness import (
+    LOOPBACK,
+    WIFI,
+    flow_result,
+    free_port,
+    install_settings,
+    local_firmware,
+    tasmota_ap_port,
+    wait_until,
+)
+from tests.proto.fake_networkmanager import (
+    BusConfig,
+    FakeNetworkManager,
+    NmEnv,
+    bus_config,
+    running_fake_nm,
+    unix_sockets_allowed,
+)
+from virtual_sonoff.flash_memory import ARDUINO_OFFSET
+from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
+from virtual_sonoff.profile import Timing
+from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
+
+pytestmark = [
+    pytest.mark.mosquitto,
+    pytest.mark.parametrize("expected_lingering_timers", [True]),
+    pytest.mark.parametrize("expected_lingering_tasks", [True]),
+]
+
+DEVICEID = "10000b77c1"
+ITEAD = f"ITEAD-{DEVICEID}"
+
+
+class Gate:
+    """A fixed loopback port forwarding to `target`, listening only while open."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.port = free_port()
+        self.target = target
+        self.opened = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def set(self, up: bool) -> None:
+        """Open or close synchronously (the bound socket listens at once)."""
+        if up and self._server is None and not self._tasks:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((LOOPBACK, self.port))
+            sock.listen()
+            sock.setblocking(False)
+            self.opened += 1
+            self._spawn(self._serve(sock))
+        elif not up and self._server is not None:
+            self._server.close()
+            self._server = None
+            for writer in list(self._writers):
+                writer.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_server(self._forward, sock=sock)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._writers.difference_update({writer, up_writer})
+
+    async def close(self) -> None:
+        self.set(False)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class HopWorld:
+    """The fake NM, the device and the two gates."""
+
+    env: NmEnv
+    device: SetupModeDevice
+    ap_gate: Gate
+    finalstage_gate: Gate
+    connections: list[tuple[str, bool]]
+
+    @property
+    def nm(self) -> FakeNetworkManager:
+        return self.env.nm
+
+
+@pytest.fixture
+def bus(tmp_path: Path, socket_enabled: None) -> Iterator[BusConfig]:
+    """The bus config; phcc blocks AF_UNIX connects unless allowed (see the fake)."""
+    with unix_sockets_allowed():
+        yield bus_config(tmp_path)
+
+
+async def mirror_radio(device: SetupModeDevice, nm: FakeNetworkManager) -> None:
+    """The device's APs appear in NM's scan list while the device has them up."""
+    itead = nm.add_ap(ITEAD, "12345678")
+    await device.wait_for_stage(DeviceStage.JOINING_WIFI, timeout=60)
+    nm.remove_ap(itead.ssid)
+    while True:
+        await device.finalstage_ap.wait()
+        nm.add_ap("FinalStage", None)
+        while device.finalstage_ap.is_set():  # noqa: ASYNC110  (no event for "cleared")
+            await asyncio.sleep(0.01)
+        nm.remove_ap("FinalStage")
+
+
+@asynccontextmanager
+async def hop_world(
+    hass: HomeAssistant, bus: BusConfig, *, itead_psk: str = "12345678", **nm_kwargs: Any
+) -> AsyncIterator[HopWorld]:
+    async with local_firmware() as firmware:
+        settings = install_settings(hass, firmware)
+        finalstage_gate = Gate((LOOPBACK, settings.finalstage_port))
+        sonoff = VirtualSonoff(
+            "setup",
+            setup=SetupModeConfig(
+                deviceid=DEVICEID,
+                finalstage_server=(LOOPBACK, finalstage_gate.port),
+                # E2A's reboot must outlast the radio mirror's 10 ms poll (FinalStage flaps).
+                timing=Timing(reboot_delay=0.2),
+            ),
+            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
+        )
+        nm = FakeNetworkManager(**nm_kwargs)
+        async with running_fake_nm(bus, nm) as env, sonoff:
+            device = sonoff.ewelink
+            assert isinstance(device, SetupModeDevice)
+            ap_gate = Gate(device.ap_address)
+            connections: list[tuple[str, bool]] = []
+
+            def on_connection(ssid: str, up: bool) -> None:
+                connections.append((ssid, up))
+                if ssid == ITEAD:
+                    ap_gate.set(up)
+                elif ssid == "FinalStage":
+                    finalstage_gate.set(up)
+
+            nm.on_connection.append(on_connection)
+            if itead_psk != "12345678":
+                mirror = asyncio.create_task(asyncio.sleep(0))
+                nm.add_ap(ITEAD, itead_psk)
+            else:
+                mirror = asyncio.create_task(mirror_radio(device, nm))
+            install_settings(
+                hass,
+                firmware,
+                finalstage_port=settings.finalstage_port,
+                setup_ap_url=f"http://{LOOPBACK}:{ap_gate.port}",
+                tasmota_ap_url=settings.tasmota_ap_url,
+                wifi_hop="networkmanager",
+                nm_bus_address=env.address,
+                timeouts=Timeouts(
+                    setup_ap=5,
+                    dispatch=5,
+                    upgrade=10,
+                    finalstage=10,
+                    tasmota_ap=5,
+                    discovery=10,
+                    pinning_grace=0.3,
+                    wifi_join=3,
+                    wifi_scan=0.05,
+                ),
+            )
+            assert await async_setup_component(hass, "http", {})
+            try:
+                yield HopWorld(env, device, ap_gate, finalstage_gate, connections)
+            finally:
+                mirror.cancel()
+                await asyncio.gather(mirror, return_exceptions=True)
+                await ap_gate.close()
+                await finalstage_gate.close()
+
+
+async def to_setup_mode(hass: HomeAssistant) -> dict[str, Any]:
+    result: Any = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
+    return dict(
+        await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "setup_mode"}
+        )
+    )
+
+
+async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
+    await hass.async_block_till_done(wait_background_tasks=True)
+    for flow in hass.config_entries.flow.async_progress():
+        if flow["flow_id"] == flow_id:
+            return await flow_result(hass, flow_id)
+    return {}
+
+
+async def test_flash_with_automatic_wifi_hops(
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+) -> None:
+    """ITEAD, home, FinalStage (twice: it reboots in between), home; nobody touches Wi-Fi."""
+    async with hop_world(hass, bus) as world:
+        form = await to_setup_mode(hass)
+        assert form["type"] is FlowResultType.FORM
+        assert form["description_placeholders"]["wifi_backend"] == "networkmanager"
+        assert form["description_placeholders"]["wifi_interface"] == "wlan0"
+        assert "confirm_wifi_only" not in str(form["data_schema"].schema)
+        result = await hass.config_entries.flow.async_configure(
+            form["flow_id"], {"callback_host": LOOPBACK}
+        )
+        assert result["type"] is FlowResultType.SHOW_PROGRESS
+        final = await finish(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.CREATE_ENTRY, final
+        device = world.device
+        await device.wait_for_stage(DeviceStage.TASMOTA)
+        assert device.flash.image_at(ARDUINO_OFFSET) is not None
+        assert device.finalstage_sessions == 2
+        assert world.ap_gate.opened == 1
+        assert world.finalstage_gate.opened == 2  # re-joined after the E2A reboot
+        ups = [ssid for ssid, up in world.connections if up]
+        assert ups[:3] == [ITEAD, "HomeNet", "FinalStage"]
+        assert ups[-1] == "HomeNet"
+        assert world.nm.wifi_ssid() == "HomeNet"  # restored at the end
+        assert world.nm.checkpoints == {}
+        assert not [p for p in world.nm.settings.values() if p.conn_id.startswith("sonoff-ota")]
+
+
+async def test_lan_on_a_device_subnet_is_refused(
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+) -> None:
+    async with hop_world(hass, bus, eth_address="192.168.4.10/24") as world:
+        result = await to_setup_mode(hass)
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "wifi_lan_clash"
+        assert "192.168.4.0/24" in result["description_placeholders"]["detail"]
+        assert "AddAndActivateConnection2" not in world.nm.log.names()
+
+
+async def test_wifi_only_host_needs_an_explicit_confirmation(
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+) -> None:
+    async with hop_world(hass, bus, eth_address=None) as world:
+        form = await to_setup_mode(hass)
+        assert form["type"] is FlowResultType.FORM
+        assert "confirm_wifi_only" in str(form["data_schema"].schema)
+        again = await hass.config_entries.flow.async_configure(
+            form["flow_id"], {"callback_host": LOOPBACK, "confirm_wifi_only": False}
+        )
+        assert again["type"] is FlowResultType.FORM
+        assert again["errors"] == {"confirm_wifi_only": "needs_confirmation"}
+        assert "AddAndActivateConnection2" not in world.nm.log.names()
+        started = await hass.config_entries.flow.async_configure(
+            form["flow_id"], {"callback_host": LOOPBACK, "confirm_wifi_only": True}
+        )
+        assert started["type"] is FlowResultType.SHOW_PROGRESS
+        await wait_until(lambda: world.device.reached(DeviceStage.JOINING_WIFI), within=10)
+        hass.config_entries.flow.async_abort(started["flow_id"])
+        await hass.async_block_till_done()
+        await wait_until(lambda: world.nm.wifi_ssid() == "HomeNet")
+
+
+async def test_abort_mid_hop_restores_the_network(
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+) -> None:
+    """The user closes the dialog while the (fake) radio is still associating to ITEAD."""
+    async with hop_world(hass, bus) as world:
+        world.nm.hold_activation = True
+        form = await to_setup_mode(hass)
+        result = await hass.config_entries.flow.async_configure(
+            form["flow_id"], {"callback_host": LOOPBACK}
+        )
+        await wait_until(lambda: "AddAndActivateConnection2" in world.nm.log.names(), within=10)
+        assert world.nm.wifi_ssid() is None  # home dropped, ITEAD still associating
+        hass.config_entries.flow.async_abort(result["flow_id"])
+        await hass.async_block_till_done()
+        world.nm.hold_activation = False
+        await wait_until(lambda: world.nm.wifi_ssid() == "HomeNet")
+        assert "CheckpointRollback" in world.nm.log.names()
+        assert world.device.stage is DeviceStage.AP_MODE  # nothing reached the device
+
+
+async def test_wrong_psk_ends_with_its_message(
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+) -> None:
+    """The setup AP does not take 12345678 (e.g. a changed firmware)."""
+    async with hop_world(hass, bus, itead_psk="other-psk") as world:
+        form = await to_setup_mode(hass)
+        result = await hass.config_entries.flow.async_configure(
+            form["flow_id"], {"callback_host": LOOPBACK}
+        )
+        final = await finish(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.ABORT
+        assert final["reason"] == "wifi_wrong_psk"
+        assert final["description_placeholders"]["ssid"] == ITEAD
+        assert final["description_placeholders"]["interface"] == "wlan0"
+        assert world.nm.wifi_ssid() == "HomeNet"
+        assert world.ap_gate.opened == 0
