@@ -7,7 +7,8 @@
 // Settings (environment): HA_URL (only http://127.0.0.1:PORT is accepted),
 // HA_USERNAME / HA_PASSWORD (scripts/develop's dev / sonoff-ota-dev),
 // CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR (default
-// docs/screenshots), E2E_DEBUG=1 for stack traces.
+// docs/screenshots), E2E_DEBUG=1 for stack traces, DIY_PORT (the virtual DIY
+// Sonoff's REST port from the demo's banner; scripts/e2e passes it).
 //
 // To extend: add steps to STEPS. A step is { name, run(ctx) }; ctx.page is
 // the browser page, ctx.state carries what earlier steps found (e.g.
@@ -18,16 +19,24 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { assertLoopback, DEFAULT_CHROMIUM } from './lib/browser.mjs';
 import {
+  callWS,
+  chooseMenuOption,
   confirmHttpConfigTrial,
+  dialogWith,
   expectField,
   expectNoText,
   expectText,
+  field,
   fillField,
   flowDialog,
   login,
   openDevicesAndServices,
   openIntegrationFlow,
+  openPath,
+  setSwitch,
   submit,
+  templatePattern,
+  waitForStates,
 } from './lib/ha.mjs';
 import { runSteps } from './lib/runner.mjs';
 
@@ -45,9 +54,39 @@ const SSID_LABEL = text(EN.config.step.user.data.ssid);
 const WIFI_PASSWORD_LABEL = text(EN.config.step.user.data.wifi_password);
 const INVALID_SSID_ERROR = text(EN.config.error.invalid_ssid, 'The network name must be 1 to 32 bytes long.');
 const PATH_STEP_TITLE = text(EN.config.step.path.title);
+// The demo's devices (scripts/develop.py) and what they become in Tasmota.
+const SETUP_DEVICEID = '10000b77c1';
+const DIY_DEVICEID = '1000e4c17c';
+const DIY_DEVICE_NAME = `Sonoff ${DIY_DEVICEID}`;
+const SETUP_MODE_OPTION = text(EN.config.step.path.menu_options.setup_mode);
+const DIY_OPTION = text(EN.config.step.path.menu_options.diy_manual);
+const SETUP_MODE_TITLE = text(EN.config.step.setup_mode.title, 'Setup mode: where the device calls back');
+const CALLBACK_HOST_LABEL = text(EN.config.step.setup_mode.data.callback_host);
+const DIY_MANUAL_TITLE = text(EN.config.step.diy_manual.title, "DIY mode: the device's address");
+const HOST_LABEL = text(EN.config.step.diy_manual.data.host);
+const PORT_LABEL = text(EN.config.step.diy_manual.data.port);
+const FLASH_NOW_LABEL = text(EN.config.step.diy_confirm.data.flash_now);
+const SETUP_PROGRESS = [
+  'provisioning', 'wait_dispatch', 'cloud_session', 'upgrading', 'wait_finalstage', 'finalstage',
+  'tasmota_ap', 'configuring', 'wait_discovery',
+].map((key) => templatePattern(text(EN.config.progress[key])));
+const SETUP_DONE = fill(text(EN.config.create_entry.default), { deviceid: SETUP_DEVICEID });
+const SETUP_FINISH_TITLE = fill(text(EN.config.step.finish.title), { deviceid: SETUP_DEVICEID });
+const DIY_CONFIRM_TITLE = fill(text(EN.config.step.diy_confirm.title), { device_type: 'diy_plug', deviceid: DIY_DEVICEID });
+const DIY_ADDED = fill(text(EN.config.abort.device_added), { deviceid: DIY_DEVICEID });
+const FIRMWARE_NAME = text(EN.entity.update.firmware.name, 'Firmware');
 const TOO_LONG_SSID = 'x'.repeat(33); // 33 bytes: one more than 802.11 allows
 const HOME_SSID = 'Demo home 2.4GHz';
 const HOME_WIFI_PASSWORD = 'demo-wifi-pass'; // a demo value, never a real secret
+
+/**
+ * `template` with the given placeholders filled in, as a RegExp that lets the
+ * other {placeholders} be anything (e.g. the Tasmota device's name).
+ */
+function fill(template, values) {
+  const known = template.replace(/\{([a-z_]+)\}/g, (all, key) => (key in values ? values[key] : all));
+  return templatePattern(known);
+}
 
 /** A translated string, checked to exist (and, if given, to be what the brief expects). */
 function text(value, expected) {
@@ -121,6 +160,188 @@ export const STEPS = [
       await screenshot('choose-path');
     },
   },
+  {
+    name: 'setup mode: the callback address defaults to 127.0.0.1',
+    run: async ({ page, state, screenshot }) => {
+      await chooseMenuOption(state.flow, SETUP_MODE_OPTION);
+      state.flow = flowDialog(page, SETUP_MODE_TITLE);
+      await expectText(state.flow, SETUP_MODE_TITLE);
+      await expectText(state.flow, CALLBACK_HOST_LABEL, { exact: false });
+      // The dropdown keeps its value in an <input> inside its shadow root
+      // (CSS locators pierce open shadow roots).
+      const values = await state.flow.evaluate((host) => {
+        const found = [];
+        const walk = (root) => {
+          for (const el of root.querySelectorAll('*')) {
+            if (typeof el.value === 'string') found.push(el.value);
+            if (el.shadowRoot) walk(el.shadowRoot);
+          }
+        };
+        walk(host);
+        return found;
+      });
+      if (!values.includes('127.0.0.1')) throw new Error('the callback address field does not show 127.0.0.1 (the demo YAML sets it)');
+      await screenshot('setup-mode-address');
+    },
+  },
+  {
+    name: 'setup mode: the flash runs through its progress steps',
+    // the progress may be quick: the next step also accepts the finish form directly
+    run: async ({ page, state, screenshot }) => {
+      await submit(state.flow);
+      // The virtual device needs well under a second: catch whichever stage
+      // is on screen first, then wait for the end.
+      const progress = page.getByText(new RegExp(SETUP_PROGRESS.map((re) => re.source).join('|'))).first();
+      const broken = page.getByText('Invalid flow specified', { exact: true }).first();
+      const finished = page.getByText(SETUP_FINISH_TITLE).first();
+      const first = await Promise.race([
+        progress.waitFor({ state: 'visible', timeout: 30_000 }).then(() => 'progress'),
+        finished.waitFor({ state: 'visible', timeout: 30_000 }).then(() => 'finished'),
+        broken.waitFor({ state: 'visible', timeout: 30_000 }).then(() => 'error'),
+      ]);
+      if (first === 'error') {
+        throw new Error('no progress step was shown: the dialog went straight to "Invalid flow specified" (see the next step)');
+      }
+      await screenshot('setup-mode-progress');
+    },
+  },
+  {
+    name: 'setup mode: the flow ends with the device in Home Assistant',
+    run: async ({ page, state, screenshot }) => {
+      const finishTitle = page.getByText(SETUP_FINISH_TITLE).first();
+      const error = page.getByText(/Invalid flow specified|Unknown error|Error/).first();
+      const shown = await Promise.race([
+        finishTitle.waitFor({ state: 'visible', timeout: 60_000 }).then(() => 'finish'),
+        error.waitFor({ state: 'visible', timeout: 60_000 }).then(() => 'error'),
+      ]);
+      if (shown === 'finish') {
+        await screenshot('setup-mode-finish');
+        await submit(dialogWith(page, SETUP_FINISH_TITLE));
+      }
+      const done = page.getByText(SETUP_DONE).first();
+      const first = await Promise.race([
+        done.waitFor({ state: 'visible', timeout: 60_000 }).then(() => 'done'),
+        error.waitFor({ state: 'visible', timeout: 60_000 }).then(() => 'error'),
+      ]);
+      if (first === 'error' && !(await done.isVisible())) {
+        const shot = await screenshot('setup-mode-error');
+        const entries = await callWS(page, { type: 'config_entries/get', domain: 'sonoff_ota' });
+        const message = (await dialogWith(page, /Invalid flow specified/).innerText().catch(() => '')).trim();
+        await page.getByRole('button', { name: 'OK', exact: true }).last().click().catch(() => {});
+        await expectNoText(page, /Invalid flow specified/).catch(() => {});
+        throw new Error(
+          `the setup-mode flow dialog shows ${JSON.stringify(message.replace(/\s+/g, ' '))} instead of ` +
+            `the success text (screenshot ${shot}); Sonoff OTA config entries on the server: ${entries.length}. ` +
+            'INTEGRATION BUG: the flow finished server-side while the frontend still fetched its progress step.',
+        );
+      }
+      await screenshot('setup-mode-done');
+      state.setupDevicePath = (await done.textContent()).match(/\/config\/devices\/device\/\w+/)?.[0];
+      const dialog = dialogWith(page, SETUP_DONE);
+      await dialog.getByRole('button', { name: /^(Finish|OK|Close)$/ }).first().click();
+      await expectNoText(page, SETUP_DONE);
+    },
+  },
+  {
+    name: 'Add integration again: the saved Wi-Fi skips to the menu; DIY mode',
+    run: async ({ page, state }) => {
+      await openDevicesAndServices(page);
+      state.flow = await openIntegrationFlow(page, { name: INTEGRATION_NAME, firstStepTitle: PATH_STEP_TITLE });
+      await chooseMenuOption(state.flow, DIY_OPTION);
+      state.flow = flowDialog(page, DIY_MANUAL_TITLE);
+      await expectText(state.flow, DIY_MANUAL_TITLE);
+    },
+  },
+  {
+    name: "DIY mode: enter the device's address, see the confirmation",
+    run: async ({ page, state, settings, screenshot }) => {
+      if (!settings.diyPort) throw new Error('DIY_PORT is not set (the DIY Sonoff port from the demo banner)');
+      await fillField(state.flow, HOST_LABEL, '127.0.0.1');
+      const port = await expectField(state.flow, PORT_LABEL);
+      await port.fill(String(settings.diyPort));
+      await submit(state.flow);
+      state.flow = flowDialog(page, DIY_CONFIRM_TITLE);
+      await expectText(state.flow, DIY_CONFIRM_TITLE);
+      await setSwitch(state.flow, FLASH_NOW_LABEL, false);
+      await screenshot('diy-confirm-flash-later');
+    },
+  },
+  {
+    name: 'DIY mode: "Flash it now" off adds the device only',
+    run: async ({ page, state }) => {
+      await submit(state.flow);
+      const dialog = dialogWith(page, DIY_ADDED);
+      await expectText(dialog, DIY_ADDED);
+      await dialog.getByRole('button', { name: /^(Finish|OK|Close)$/ }).first().click();
+      await expectNoText(page, DIY_ADDED);
+    },
+  },
+  {
+    name: 'the DIY device has a Firmware update entity',
+    run: async ({ page, state, screenshot }) => {
+      state.update = await waitForStates(
+        page,
+        (states) => states.find((s) => /^update\..*_firmware$/.test(s.entity_id) && s.state === 'on'),
+        { what: 'an update.*_firmware entity offering Tasmota' },
+      );
+      await openPath(page, '/config/integrations/integration/sonoff_ota');
+      await page.getByText(DIY_DEVICE_NAME, { exact: false }).first().click();
+      await page.waitForURL((url) => url.pathname.startsWith('/config/devices/device/'));
+      await page.getByText(FIRMWARE_NAME, { exact: true }).first().click();
+      state.moreInfo = dialogWith(page, /Update available|Install/);
+      await state.moreInfo.getByRole('button', { name: /^(Install|Update)$/ }).first().waitFor({ state: 'visible' });
+      await screenshot('firmware-update-entity');
+    },
+  },
+  {
+    name: 'Install flashes the DIY device from the dashboard',
+    run: async ({ page, state, screenshot }) => {
+      const { entity_id: updateId } = state.update;
+      await state.moreInfo.getByRole('button', { name: /^(Install|Update)$/ }).first().click();
+      const confirm = page.getByRole('button', { name: /^(Install|Confirm|Yes)$/ });
+      void confirm;
+      await waitForStates(page, (states) => {
+        const s = states.find((x) => x.entity_id === updateId);
+        return !s || s.attributes.in_progress || s.state === 'unavailable';
+      }, { what: `${updateId} to start installing` });
+      await screenshot('firmware-installing');
+      await waitForStates(page, (states) => {
+        const s = states.find((x) => x.entity_id === updateId);
+        return !s || s.state === 'unavailable' || (!s.attributes.in_progress && s.state === 'off');
+      }, { timeout: 90_000, what: `${updateId} to finish installing` });
+    },
+  },
+  {
+    name: 'both flashed devices are switches in the Tasmota integration',
+    run: async ({ page, state, screenshot }) => {
+      state.switches = await waitForStates(page, (states) => {
+        const found = states.filter((s) => /^switch\.sonoff_/.test(s.entity_id) && ['on', 'off'].includes(s.state));
+        return found.length >= 2 ? found : null;
+      }, { what: 'two switch.sonoff_* entities' });
+      await openPath(page, '/config/integrations/integration/tasmota');
+      for (const s of state.switches) await expectText(page, s.attributes.friendly_name, { exact: false });
+      await screenshot('tasmota-devices');
+    },
+  },
+  {
+    name: 'toggle a Tasmota switch in the UI; the relay answers over MQTT',
+    run: async ({ page, state, screenshot }) => {
+      const target = state.switches.find((s) => s.entity_id.endsWith('e4c17c')) ?? state.switches[0];
+      const before = target.state;
+      const name = target.attributes.friendly_name;
+      await page.getByText(name, { exact: true }).first().click();
+      await page.waitForURL((url) => url.pathname.startsWith('/config/devices/device/'));
+      // HA's toggle (ha-switch) draws its own track over the native input: click it.
+      const toggle = page.locator('ha-switch').first();
+      await toggle.waitFor({ state: 'visible' });
+      await toggle.click();
+      const want = before === 'on' ? 'off' : 'on';
+      await waitForStates(page, (states) => states.find((s) => s.entity_id === target.entity_id && s.state === want), {
+        what: `${target.entity_id} to turn ${want} (the virtual relay's MQTT state)`,
+      });
+      await screenshot('tasmota-switch-toggled');
+    },
+  },
 ];
 
 function settingsFromEnv(env) {
@@ -130,6 +351,7 @@ function settingsFromEnv(env) {
     baseUrl,
     username: env.HA_USERNAME ?? 'dev',
     password: env.HA_PASSWORD ?? 'sonoff-ota-dev',
+    diyPort: env.DIY_PORT ? Number(env.DIY_PORT) : undefined,
     chromium: env.CHROMIUM ?? DEFAULT_CHROMIUM,
     screenshotDir: resolve(env.SCREENSHOT_DIR ?? join(REPO, 'docs', 'screenshots')),
     stagingDir: resolve(env.SCREENSHOT_STAGING_DIR ?? join(REPO, 'screenshots-tmp', 'e2e')),

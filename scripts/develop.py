@@ -37,7 +37,13 @@ from virtual_sonoff.diy import DiyConfig  # noqa: E402
 from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite  # noqa: E402
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff  # noqa: E402
 from virtual_sonoff.mosquitto import MosquittoBroker  # noqa: E402
+from virtual_sonoff.profile import timing_profile  # noqa: E402
 from virtual_sonoff.setup_mode import SetupModeConfig  # noqa: E402
+
+# Slow enough to watch each stage and its progress bar, far quicker than a real device.
+DEMO_TIMING = timing_profile(
+    "fast", chunk_delay=0.05, intermediate_boot_delay=1.0, reboot_delay=0.5
+)
 
 DEV_USER = "dev"
 DEV_PASSWORD = "sonoff-ota-dev"  # loopback-only demo account, printed on start
@@ -368,6 +374,7 @@ def demo_devices(cfg: DevConfig) -> list[VirtualSonoff]:
                 rom_version="2.0.4",
                 ap_port=ports.setup_ap,
                 finalstage_server=(HOST, ports.finalstage),
+                timing=DEMO_TIMING,
             ),
             tasmota_plan=plan,
         ),
@@ -379,6 +386,7 @@ def demo_devices(cfg: DevConfig) -> list[VirtualSonoff]:
                 port=ports.diy,
                 removed_from_ewelink=True,
                 sta_mac="D8:F1:5B:C1:7C:0A",
+                timing=DEMO_TIMING,
             ),
             tasmota_plan=plan,
         ),

@@ -10,10 +10,11 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 
 /**
  * Wait until `text` (string or RegExp) is visible on the page or inside
- * `scope` (a Locator, e.g. a dialog). Returns the matching locator.
+ * `scope` (a Locator, e.g. a dialog). Returns the matching locator. A string
+ * must match a whole text unless `exact: false`.
  */
-export async function expectText(scopeOrPage, text, { timeout = DEFAULT_TIMEOUT_MS } = {}) {
-  const locator = scopeOrPage.getByText(text, { exact: typeof text === 'string' }).first();
+export async function expectText(scopeOrPage, text, { timeout = DEFAULT_TIMEOUT_MS, exact = typeof text === 'string' } = {}) {
+  const locator = scopeOrPage.getByText(text, { exact }).first();
   try {
     await locator.waitFor({ state: 'visible', timeout });
   } catch {
@@ -181,7 +182,12 @@ export function field(scope, label) {
   const name = new RegExp(`^\\s*${escapeRegExp(label)}\\s*\\*?\\s*$`);
   // HA's text fields get their accessible name across a shadow boundary,
   // which getByLabel does not follow; the role query does.
-  return scope.getByRole('textbox', { name }).or(scope.getByLabel(name)).first();
+  // Number fields (e.g. a port) are spinbuttons.
+  return scope
+    .getByRole('textbox', { name })
+    .or(scope.getByRole('spinbutton', { name }))
+    .or(scope.getByLabel(name))
+    .first();
 }
 
 /** Wait until the field labelled `label` is shown; returns it. */
@@ -219,4 +225,62 @@ export async function chooseMenuOption(scope, label) {
     throw new Error(`the menu has no entry ${JSON.stringify(label)}`);
   }
   await option.click();
+}
+
+/**
+ * Open `path` (e.g. "/config/integrations/integration/tasmota") of the HA the
+ * page is logged in to, as typing the address would, and wait for the frontend.
+ */
+export async function openPath(page, path) {
+  const url = new URL(path, page.url());
+  assertLoopback(url.href);
+  await page.goto(url.href, { waitUntil: 'domcontentloaded' });
+  await waitForFrontend(page);
+}
+
+/**
+ * Switch the toggle labelled `label` inside `scope` on or off (and check it
+ * took). HA renders a flow's boolean as a checkbox, a dashboard toggle as a switch.
+ */
+export async function setSwitch(scope, label, on) {
+  const name = new RegExp(escapeRegExp(label));
+  const toggle = scope.getByRole('switch', { name }).or(scope.getByRole('checkbox', { name })).first();
+  try {
+    await toggle.waitFor({ state: 'visible', timeout: DEFAULT_TIMEOUT_MS });
+  } catch {
+    throw new Error(`no switch labelled ${JSON.stringify(label)} is shown`);
+  }
+  if ((await toggle.isChecked()) !== on) {
+    // HA's checkbox keeps the native input under its own ripple layer: click the
+    // label (what a person does), and force the click as a fallback.
+    await scope.getByText(label, { exact: true }).first().click({ timeout: 5_000 }).catch(() => {});
+    if ((await toggle.isChecked()) !== on) await toggle.click({ force: true, timeout: 5_000 });
+  }
+  if ((await toggle.isChecked()) !== on) throw new Error(`switch ${JSON.stringify(label)} did not turn ${on ? 'on' : 'off'}`);
+}
+
+/** A regular expression matching a translated text with its {placeholders} filled in. */
+export function templatePattern(template) {
+  const parts = template.split(/\{[a-z_]+\}/);
+  return new RegExp(parts.map(escapeRegExp).join('.*?'));
+}
+
+/** The current state object of `entityId` (undefined if it does not exist). */
+export async function entityState(page, entityId) {
+  const states = await callWS(page, { type: 'get_states' });
+  return states.find((s) => s.entity_id === entityId);
+}
+
+/**
+ * Poll HA's states (through the frontend's connection) until `predicate(states)`
+ * returns something truthy; returns that. Short polling waits only.
+ */
+export async function waitForStates(page, predicate, { timeout = DEFAULT_TIMEOUT_MS, what = 'a state change' } = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const found = predicate(await callWS(page, { type: 'get_states' }));
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error(`waited ${timeout} ms for ${what}, in vain`);
+    await page.waitForTimeout(250);
+  }
 }

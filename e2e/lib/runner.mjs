@@ -2,7 +2,11 @@
 // { name, run: async (ctx) => {...} }; `ctx` carries the page, the settings
 // and anything earlier steps stored on it (ctx.state). The first failing step
 // stops the run: its error, a screenshot of the moment and the page's own
-// errors are printed, and the process exits non-zero.
+// errors are printed, and the process exits non-zero. A step marked
+// `continueAfterFailure: true` (its failure leaves the demo usable, e.g. a UI
+// glitch after the server side finished) is reported the same way, but the
+// later steps still run so one run shows every problem; the run still fails
+// and publishes no screenshots.
 import { launch } from './browser.mjs';
 import { Screenshots } from './screenshots.mjs';
 
@@ -18,7 +22,7 @@ export async function runSteps(steps, settings) {
   const pageErrors = [];
   page.on('pageerror', (err) => pageErrors.push(err?.message || String(err)));
   const ctx = { page, settings, state: {}, screenshot: (name) => shots.take(page, name) };
-  let failed = null;
+  const failures = [];
   try {
     for (const [i, step] of steps.entries()) {
       const started = Date.now();
@@ -27,7 +31,12 @@ export async function runSteps(steps, settings) {
         await step.run(ctx);
       } catch (err) {
         process.stdout.write('FAILED\n');
-        failed = { step, err, url: page.url(), shot: await shots.failure(page, step.name) };
+        failures.push({ step, err, url: page.url(), shot: await shots.failure(page, step.name) });
+        console.error(`[e2e]   ${err?.message ?? err}`);
+        if (step.continueAfterFailure) {
+          console.error('[e2e]   (continuing with the next steps; the run fails at the end)');
+          continue;
+        }
         break;
       }
       process.stdout.write(`ok (${((Date.now() - started) / 1000).toFixed(1)} s)\n`);
@@ -38,11 +47,13 @@ export async function runSteps(steps, settings) {
   if (blocked.length) {
     console.log(`[e2e] refused ${blocked.length} request(s) that were not for 127.0.0.1, e.g. ${blocked[0]}`);
   }
-  if (failed) {
-    console.error(`\n[e2e] FAILED at step "${failed.step.name}": ${failed.err?.message ?? failed.err}`);
-    console.error(`[e2e] page URL was ${failed.url}; screenshot: ${failed.shot}`);
+  if (failures.length) {
+    for (const failed of failures) {
+      console.error(`\n[e2e] FAILED at step "${failed.step.name}": ${failed.err?.message ?? failed.err}`);
+      console.error(`[e2e] page URL was ${failed.url}; screenshot: ${failed.shot}`);
+      if (process.env.E2E_DEBUG) console.error(failed.err?.stack);
+    }
     if (pageErrors.length) console.error(`[e2e] the page reported errors: ${pageErrors.slice(0, 5).join(' | ')}`);
-    if (process.env.E2E_DEBUG) console.error(failed.err?.stack);
     return 1;
   }
   const published = shots.publish();
