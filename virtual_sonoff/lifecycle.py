@@ -122,6 +122,8 @@ class VirtualSonoff:
 
 def _port_free(host: str, port: int) -> bool:
     with contextlib.closing(socket.socket()) as sock:
+        # Like asyncio's servers: a port whose old connections sit in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
