@@ -52,6 +52,7 @@ from .proto.wifi import WifiSettings, validate_wifi
 from .settings import get_settings
 from .setup_mode_run import SetupModeRun
 from .tasmota_link import (
+    MQTT_SETUP_PATH,
     MqttUnavailableError,
     TasmotaEntryError,
     async_create_mqtt_missing_issue,
@@ -70,7 +71,6 @@ WIFI_HOP_STAGES = frozenset(
     {Stage.WAIT_SETUP_AP, Stage.WAIT_DISPATCH, Stage.WAIT_FINALSTAGE, Stage.FINALSTAGE}
 )
 """Stages whose text tells the user to change networks; `<stage>_wifi_hop` when HA hops."""
-MQTT_SETUP_PATH = "/config/integrations/integration/mqtt"
 
 type FlashRun = SetupModeRun | DiyRun
 
@@ -88,7 +88,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._task: asyncio.Task[None] | None = None
         self._resume_stage: Stage | None = None
         self._error: tuple[str, dict[str, str]] | None = None
-        self._shown_placeholders: dict[str, str] | None = None
+        self._last_notified: tuple[tuple[str, int | None], dict[str, str]] | None = None
         self._remove_listener: Any = None
         self._diy_placeholders: dict[str, str] = {}
         self._finished = False
@@ -358,11 +358,10 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                 self._async_flash(run), f"{DOMAIN} flash", eager_start=False
             )
         if not self._task.done():
-            self._shown_placeholders = self._placeholders(run.tracker)
             return self.async_show_progress(
                 step_id="flash",
                 progress_action=self._progress_action(run),
-                description_placeholders=self._shown_placeholders,
+                description_placeholders=self._placeholders(run.tracker),
                 progress_task=self._task,
             )
         task, self._task = self._task, None
@@ -493,8 +492,6 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         if state != self._last_notified:
             self._last_notified = state
             self._notify_flow_changed()
-
-    _last_notified: tuple[tuple[str, int | None], dict[str, str]] | None = None
 
     def _notify_flow_changed(self) -> None:
         """Ask the frontend to fetch the step again (new stage, text or percentage).

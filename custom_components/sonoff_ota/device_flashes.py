@@ -29,7 +29,7 @@ from .proto.firmware_store import FirmwareError
 from .proto.flash_stages import FlashTracker
 from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
-from .tasmota_link import MqttUnavailableError
+from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -174,9 +174,6 @@ def _target(record: DeviceRecord) -> DiyTarget:
         device_type=record.device_type or "diy_plug",
         model=record.model,
     )
-
-
-MQTT_SETUP_PATH = "/config/integrations/integration/mqtt"
 
 
 def _error(key: str, **placeholders: str) -> HomeAssistantError:

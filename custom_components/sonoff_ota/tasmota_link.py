@@ -47,6 +47,10 @@ SUBSCRIBE_WAIT: Final = 5.0
 """How long `async_discovery_feed` waits for the broker to acknowledge (seconds)."""
 
 
+MQTT_SETUP_PATH: Final = "/config/integrations/integration/mqtt"
+"""Where a user sets MQTT up (shown when it is missing)."""
+
+
 class MqttUnavailableReason(enum.StrEnum):
     """Why the hand-off cannot run (usable as a config-flow abort reason)."""
 
