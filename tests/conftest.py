@@ -26,6 +26,22 @@ def auto_enable_custom_integrations(
     yield
 
 
+@pytest.fixture(autouse=True)
+def private_config_dir(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Give each test's HA a config directory of its own.
+
+    phcc's default is one shared folder inside the installed package: the firmware
+    cache (config/sonoff_ota/firmware) would leak from one test into the next, and
+    a "cold cache" test would quietly find a warm one.
+    """
+    if "hass" not in request.fixturenames:
+        return
+    hass: HomeAssistant = request.getfixturevalue("hass")
+    config_dir = tmp_path / "ha-config"
+    config_dir.mkdir()
+    hass.config.config_dir = str(config_dir)
+
+
 @pytest.fixture
 async def broker(socket_enabled: None, tmp_path: Path) -> AsyncGenerator[MosquittoBroker]:
     """A real Mosquitto (Debian package) on a free 127.0.0.1 port, stopped at the end."""
