@@ -21,12 +21,15 @@ import pytest
 
 from custom_components.sonoff_ota.proto.firmware_image import ImageRole, IssueCode
 from custom_components.sonoff_ota.proto.firmware_store import (
+    FirmwareChoice,
     FirmwareErrorCode,
     FirmwareInvalidError,
+    FirmwareSource,
     FirmwareSources,
     FirmwareStore,
     FirmwareUnavailableError,
     StoredImage,
+    normalize_tasmota_version,
     redact_url,
 )
 from virtual_sonoff.images import (
@@ -433,3 +436,59 @@ async def test_offline_falls_back_to_a_cached_older_lite(
     assert (image.from_cache, image.offline) == (True, True)
     assert image.sha256 == sha(files[FALLBACK])
     assert server.requests[LATEST] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [("14.4.1", "14.4.1"), ("v9.5.0", "9.5.0"), (" V13.0 ", "13.0"), ("15.0.1.3", "15.0.1.3")],
+)
+def test_release_numbers_are_normalised(text: str, version: str) -> None:
+    assert normalize_tasmota_version(text) == version
+    assert FirmwareChoice.for_version(text).version == version
+
+
+@pytest.mark.parametrize("text", ["", "latest", "14", "14.4.1-rc1", "../14.4.1", "14.4.1/x"])
+def test_anything_else_is_not_a_release_number(text: str) -> None:
+    assert normalize_tasmota_version(text) is None
+    with pytest.raises(ValueError, match="release number"):
+        FirmwareChoice.for_version(text)
+
+
+async def test_each_choice_reaches_its_own_source(
+    hass: HomeAssistant, socket_enabled: None, tmp_path: Path
+) -> None:
+    """Latest, a release, a URL and an upload each give exactly their bytes."""
+    files = default_files()
+    release = tasmota_lite(460_000)
+    custom = tasmota_lite(450_000)
+    files["release-14.4.1-tasmota-lite.bin"] = release
+    files["custom.bin"] = custom
+    async with (
+        firmware_server(files) as server,
+        store_for(hass, tmp_path, sources_for(server)) as store,
+    ):
+        latest = await store.get_chosen(FirmwareChoice(), ImageRole.DIY)
+        chosen = await store.get_chosen(FirmwareChoice.for_version("14.4.1"), ImageRole.DIY)
+        by_url = await store.get_chosen(
+            FirmwareChoice(FirmwareSource.URL, url=server.url("custom.bin")), ImageRole.DIY
+        )
+        uploaded = await store.store_upload(tasmota_lite(440_000), "mine.bin", ImageRole.DIY)
+        upload = FirmwareChoice(FirmwareSource.UPLOAD, upload=uploaded)
+        same_role = await store.get_chosen(upload, ImageRole.DIY)
+        # An upload checked for DIY is checked again for setup mode's own limits.
+        other_role = await store.get_chosen(upload, ImageRole.SETUP_FINAL)
+        assert await store.read_bytes(latest) == files[LATEST]
+        assert await store.read_bytes(chosen) == release
+        assert await store.read_bytes(by_url) == custom
+        assert same_role is uploaded
+        assert other_role.role is ImageRole.SETUP_FINAL
+        assert other_role.sha256 == uploaded.sha256
+        # Too big for DIY but fine for setup mode: refused when the DIY path asks.
+        big = await store.store_upload(tasmota_lite(520_500), "big.bin", ImageRole.SETUP_FINAL)
+        with pytest.raises(FirmwareInvalidError) as caught:
+            await store.get_chosen(FirmwareChoice(FirmwareSource.UPLOAD, upload=big), ImageRole.DIY)
+        assert [issue.code for issue in caught.value.issues] == [IssueCode.TOO_LARGE]
+        assert server.requests["release-14.4.1-tasmota-lite.bin"] == 1
+        assert FirmwareChoice(
+            FirmwareSource.URL, url="http://user:pw@mirror.lan/x.bin"
+        ).describe() == ("http://mirror.lan/x.bin")

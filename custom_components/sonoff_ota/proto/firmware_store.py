@@ -28,6 +28,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import re
 import secrets
 import time
 from typing import Any, Protocol
@@ -122,6 +123,15 @@ class FirmwareSources:
         return pinned.lower() if pinned else None
 
 
+_VERSION_RE = re.compile(r"^[vV]?(\d{1,3}(?:\.\d{1,3}){1,3})$")
+
+
+def normalize_tasmota_version(text: str) -> str | None:
+    """Turn "v14.4.1" into "14.4.1"; None when `text` is not a release number."""
+    match = _VERSION_RE.match(text.strip())
+    return match.group(1) if match else None
+
+
 class FirmwareErrorCode(StrEnum):
     """Why the store could not hand out an image (params in `FirmwareError.params`)."""
 
@@ -190,6 +200,43 @@ class StoredImage:
     def synthetic(self) -> bool:
         """A synthetic test image (label it "synthetic test image" in the UI)."""
         return self.report.synthetic
+
+
+class FirmwareSource(StrEnum):
+    """Where the Tasmota image of a flash comes from."""
+
+    LATEST = "latest"  # the newest lite release that fits the path (the default)
+    VERSION = "version"  # one Tasmota release, lite build
+    URL = "url"  # any http(s) URL the user gave
+    UPLOAD = "upload"  # a file the user uploaded (already validated and cached)
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareChoice:
+    """The user's choice of Tasmota image; `FirmwareStore.get_chosen` obtains it."""
+
+    source: FirmwareSource = FirmwareSource.LATEST
+    version: str | None = None
+    url: str | None = None
+    upload: StoredImage | None = None
+
+    @classmethod
+    def for_version(cls, version: str) -> FirmwareChoice:
+        """A Tasmota release; raises ValueError when `version` is not a release number."""
+        normalized = normalize_tasmota_version(version)
+        if normalized is None:
+            raise ValueError(f"not a Tasmota release number: {version!r}")
+        return cls(FirmwareSource.VERSION, version=normalized)
+
+    def describe(self) -> str:
+        """For logs and diagnostics: never a password from a URL."""
+        if self.source is FirmwareSource.VERSION:
+            return f"Tasmota {self.version} (lite)"
+        if self.source is FirmwareSource.URL and self.url:
+            return redact_url(self.url)
+        if self.source is FirmwareSource.UPLOAD and self.upload is not None:
+            return f"upload {self.upload.filename}"
+        return "newest Tasmota lite"
 
 
 @dataclass(slots=True)
@@ -311,19 +358,36 @@ class FirmwareStore:
         return await self._obtain(url, role, prefer_cache=True, progress=progress)
 
     async def get_setup_images(
-        self, *, final_version: str | None = None, progress: ProgressCallback | None = None
+        self, *, final: FirmwareChoice | None = None, progress: ProgressCallback | None = None
     ) -> tuple[StoredImage, StoredImage, StoredImage]:
         """user1, user2 and the final Tasmota image for the setup-mode path.
 
         The three are fetched concurrently; `progress` is called for each
         download separately (its `total` tells them apart).
         """
-        user1, user2, final = await asyncio.gather(
+        user1, user2, final_image = await asyncio.gather(
             self.get_intermediate(ImageRole.SETUP_USER1, progress=progress),
             self.get_intermediate(ImageRole.SETUP_USER2, progress=progress),
-            self.get_tasmota(ImageRole.SETUP_FINAL, version=final_version, progress=progress),
+            self.get_chosen(final or FirmwareChoice(), ImageRole.SETUP_FINAL, progress=progress),
         )
-        return user1, user2, final
+        return user1, user2, final_image
+
+    async def get_chosen(
+        self, choice: FirmwareChoice, role: ImageRole, *, progress: ProgressCallback | None = None
+    ) -> StoredImage:
+        """The Tasmota image `choice` names, validated for `role` (SETUP_FINAL or DIY)."""
+        if choice.source is FirmwareSource.VERSION and choice.version:
+            return await self.get_tasmota(role, version=choice.version, progress=progress)
+        if choice.source is FirmwareSource.URL and choice.url:
+            return await self.get_url(choice.url, role, progress=progress)
+        if choice.source is FirmwareSource.UPLOAD and choice.upload is not None:
+            upload = choice.upload
+            if upload.role is role:
+                return upload
+            # Validated for another path: check it again against this one's limits.
+            data = await self.read_bytes(upload)
+            return await self.store_upload(data, upload.filename, role)
+        return await self.get_tasmota(role, progress=progress)
 
     async def get_tasmota(
         self,
