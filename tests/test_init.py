@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
+import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
+import voluptuous as vol
 
 from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
+from custom_components.sonoff_ota.settings import SETTINGS_SCHEMA, settings_from_config
 
 
 async def test_setup_and_unload(hass: HomeAssistant) -> None:
@@ -24,3 +27,12 @@ async def test_setup_and_unload(hass: HomeAssistant) -> None:
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
     assert entry.state is ConfigEntryState.NOT_LOADED
+
+
+def test_yaml_firmware_sources_are_checked() -> None:
+    """A local mirror can replace every firmware URL; a misspelt key is a YAML error."""
+    mirror = {"tasmota_latest_url": "http://mirror.lan/tasmota-lite.bin"}
+    settings = settings_from_config(SETTINGS_SCHEMA({"firmware": mirror}))
+    assert settings.firmware == mirror
+    with pytest.raises(vol.Invalid):
+        SETTINGS_SCHEMA({"firmware": {"tasmota_lastest_url": "http://mirror.lan/x.bin"}})

@@ -36,6 +36,7 @@ from homeassistant.util.hass_dict import HassKey
 import voluptuous as vol
 
 from .const import DOMAIN
+from .proto.firmware_store import FirmwareSources
 
 SETTINGS_KEY: Final[HassKey[Settings]] = HassKey(f"{DOMAIN}_settings")
 
@@ -112,7 +113,13 @@ SETTINGS_SCHEMA = vol.Schema(
         vol.Optional("device_broker_host"): cv.string,
         vol.Optional("pacing_scale"): vol.All(vol.Coerce(float), vol.Range(min=0.001, max=10)),
         vol.Optional("serve_from_ha"): cv.boolean,
-        vol.Optional("firmware"): {cv.string: cv.string},
+        # Source URLs and pins of the firmware store (a local mirror, for example);
+        # an unknown key is a YAML error, not a crash at the first flash.
+        vol.Optional("firmware"): {
+            vol.In([f.name for f in fields(FirmwareSources) if f.name != "pinned_sha256"]): (
+                cv.string
+            )
+        },
         vol.Optional("wifi_hop"): vol.In(["auto", "networkmanager", "supervisor", "manual"]),
         vol.Optional("nm_bus_address"): cv.string,
         vol.Optional("supervisor_url"): cv.url,
