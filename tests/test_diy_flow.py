@@ -287,8 +287,9 @@ async def test_oversize_image_is_caught_before_the_device_sees_it(
     async with diy_device(hass, tasmota_size=520_193) as (device, _):
         result = await discover(hass, device)
         final = await confirm_and_flash(hass, result["flow_id"])
-        assert final["type"] is FlowResultType.ABORT
-        assert final["reason"] == "firmware_error"
+        assert final["type"] is FlowResultType.FORM
+        assert final["step_id"] == "firmware"
+        assert final["errors"] == {"base": "firmware_no_suitable_image"}
         assert not [r for r in device.requests if r.path.endswith("ota_flash")]
 
 

@@ -8,6 +8,7 @@ is not run: the announcement is handed to the flow as a ZeroconfServiceInfo.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from homeassistant.components.update import UpdateEntityFeature
@@ -27,6 +28,7 @@ from tests.dashboard_device import Dashboard, discovered_device, setup_entry
 from tests.harness import assert_tasmota_switch_works, wait_until
 from virtual_sonoff.diy import DiyStage
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
+from virtual_sonoff.images import tasmota_lite
 from virtual_sonoff.profile import Fault, Faults, Timing
 
 # Attribute names as strings: the constants moved between HA versions.
@@ -246,3 +248,58 @@ async def test_a_discovered_device_can_wait_for_the_dashboard(
         assert dash.entity_id(hass, "update", "firmware") is not None
         assert not [r for r in dash.device.requests if r.path.endswith(("ota_unlock", "ota_flash"))]
         assert hass.data[SERVER_KEY].active == {}
+
+
+async def test_install_reports_why_the_firmware_cannot_be_used(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """No lite image fits DIY (newest too big, no fallback served): its own reason, no flash."""
+    async with discovered_device(hass) as dash:
+        dash.firmware.server.files["tasmota-lite.bin"] = tasmota_lite(520_193)
+        entity_id = dash.entity_id(hass, "update", "firmware")
+        assert entity_id is not None
+        with pytest.raises(HomeAssistantError) as caught:
+            await install(hass, entity_id)
+        assert caught.value.translation_key == "firmware_no_suitable_image"
+        placeholders = caught.value.translation_placeholders or {}
+        assert placeholders["latest_error"] == "invalid_image"
+        assert ota_flashes(dash) == 0
+        assert not dash.device.downloads
+
+
+async def test_install_of_a_chosen_release_flashes_exactly_that_release(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """`update.install` with `version` picks that Tasmota release's lite build.
+
+    The hand-off after the flash has no broker here, so only the flash is checked.
+    """
+    quick_handoff = Timeouts(diy_request=2, diy_flash=10, diy_reboot=5, discovery=0.5)
+    async with discovered_device(hass, timeouts=quick_handoff) as dash:
+        release = tasmota_lite(470_000)
+        dash.firmware.server.files["tasmota-14.4.1-lite.bin"] = release
+        entity_id = dash.entity_id(hass, "update", "firmware")
+        assert entity_id is not None
+        state = hass.states.get(entity_id)
+        assert state is not None
+        features = UpdateEntityFeature(state.attributes[ATTR_SUPPORTED_FEATURES])
+        assert UpdateEntityFeature.SPECIFIC_VERSION in features
+        with pytest.raises(HomeAssistantError) as caught:
+            await hass.services.async_call(
+                "update",
+                "install",
+                {ATTR_ENTITY_ID: entity_id, "version": "latest-please"},
+                blocking=True,
+            )
+        assert caught.value.translation_key == "firmware_bad_version"
+        assert ota_flashes(dash) == 0
+        with contextlib.suppress(HomeAssistantError):  # the hand-off finds no broker
+            await hass.services.async_call(
+                "update",
+                "install",
+                {ATTR_ENTITY_ID: entity_id, "version": "v14.4.1"},
+                blocking=True,
+            )
+        await dash.device.wait_for_stage(DiyStage.TASMOTA, 10)
+        assert dash.device.flash.image_at(ARDUINO_OFFSET) == release
+        assert dash.firmware.server.requests["tasmota-lite.bin"] == 0

@@ -32,6 +32,15 @@ import voluptuous as vol
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
+from .firmware_form import (
+    CONF_FIRMWARE,
+    async_parse_choice,
+    firmware_error_message,
+    firmware_fields,
+    firmware_section,
+    notice_placeholders,
+    notice_step,
+)
 from .flash_server import DeviceBusyError, async_get_flash_server
 from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
 from .host_wifi_run import async_prepare_hop
@@ -41,7 +50,8 @@ from .listeners import PortInUseError
 from .proto.diy_client import DiyClient, DiyError
 from .proto.diy_discovery import DiyAdvertError, parse_advert
 from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_store import FirmwareError
+from .proto.firmware_image import ImageRole
+from .proto.firmware_store import FirmwareChoice, FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi import HopError, HopErrorCode
 from .proto.setup_ap import SetupApError
@@ -96,6 +106,11 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._handoff: HandoffRun | None = None
         self._outcome: HandoffOutcome | None = None
         self._candidates: tuple[TasmotaDevice, ...] = ()
+        self._firmware: FirmwareChoice = FirmwareChoice()
+        self._firmware_values: dict[str, Any] = {}
+        self._firmware_error: tuple[str, dict[str, str]] | None = None
+        self._firmware_checked = False
+        self._notice: tuple[str, dict[str, str]] | None = None
 
     # -- Wi-Fi and path ----------------------------------------------------------------------
 
@@ -172,7 +187,12 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None and plan.carries_lan and not confirmed:
             errors[CONF_CONFIRM_WIFI_ONLY] = str(HopErrorCode.NEEDS_CONFIRMATION)
         if user_input is not None and not errors:
+            errors = await self._async_take_firmware(
+                user_input.get(CONF_FIRMWARE) or {}, ImageRole.SETUP_FINAL, placeholders
+            )
+        if user_input is not None and not errors:
             run = SetupModeRun(self.hass, self._wifi, user_input[CONF_CALLBACK_HOST], hop)
+            run.firmware = self._firmware
             busy = await run.check_ports()
             async_update_port_issue(self.hass, busy)
             if busy:
@@ -202,6 +222,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         }
         if plan.carries_lan:
             fields[vol.Required(CONF_CONFIRM_WIFI_ONLY, default=False)] = bool
+        fields.update(firmware_section())
         schema: Any = vol.Schema(fields)
         return self.async_show_form(
             step_id="setup_mode",
@@ -312,18 +333,24 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                 "warning": run.tracker.details.get("warnings", ""),
             }
         has_entry = bool(self._async_current_entries(include_ignore=False))
-        if user_input is None:
+        errors: dict[str, str] = {}
+        placeholders = dict(self._diy_placeholders)
+        if user_input is not None and user_input.get(CONF_FLASH_NOW, True):
+            errors = await self._async_take_firmware(
+                user_input.get(CONF_FIRMWARE) or {}, ImageRole.DIY, placeholders
+            )
+        if user_input is None or errors:
             # With the integration set up, the device can also wait on the dashboard
             # (its Firmware update entity) and be flashed from there later.
-            schema: Any = (
-                vol.Schema({vol.Optional(CONF_FLASH_NOW, default=True): bool})
-                if has_entry
-                else None
+            fields: dict[Any, Any] = (
+                {vol.Optional(CONF_FLASH_NOW, default=True): bool} if has_entry else {}
             )
+            schema: Any = vol.Schema({**fields, **firmware_section()})
             return self.async_show_form(
                 step_id="diy_confirm",
                 data_schema=schema,
-                description_placeholders=self._diy_placeholders,
+                errors=errors,
+                description_placeholders=placeholders,
             )
         if has_entry and not user_input.get(CONF_FLASH_NOW, True):
             run, self._run = self._run, None
@@ -332,9 +359,77 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_abort(
                 reason="device_added", description_placeholders={"deviceid": target.deviceid}
             )
+        self._run.firmware = self._firmware
         if self._wifi is None and not has_entry:
             return await self.async_step_user()
         return await self.async_step_diy_flash()
+
+    # -- firmware ----------------------------------------------------------------------------
+
+    async def _async_take_firmware(
+        self, values: dict[str, Any], role: ImageRole, placeholders: dict[str, str]
+    ) -> dict[str, str]:
+        """Parse the firmware fields into `self._firmware`; return the form errors."""
+        server = await async_get_flash_server(self.hass)
+        result = await async_parse_choice(self.hass, server.firmware, values, role)
+        # Keep what was typed (never the upload: its id is gone once read).
+        self._firmware_values = {k: v for k, v in values.items() if k != "firmware_file"}
+        if result.choice is None:
+            assert result.error is not None
+            placeholders.update(result.placeholders or {})
+            return {"base": result.error}
+        self._firmware = result.choice
+        return {}
+
+    async def async_step_firmware(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """The image could not be used: say why, and take another choice (or retry)."""
+        run = self._run
+        assert run is not None
+        role = ImageRole.DIY if isinstance(run, DiyRun) else ImageRole.SETUP_FINAL
+        errors: dict[str, str] = {}
+        placeholders: dict[str, str] = {}
+        if self._firmware_error is not None:
+            key, placeholders = self._firmware_error
+            errors["base"] = key
+        if user_input is not None:
+            placeholders = {}
+            errors = await self._async_take_firmware(user_input, role, placeholders)
+            if not errors:
+                self._firmware_error = None
+                self._firmware_checked = False
+                run.firmware = self._firmware
+                return await self.async_step_flash()
+            self._firmware_error = (errors["base"], placeholders)
+        schema: Any = vol.Schema(firmware_fields(self._firmware_values))
+        return self.async_show_form(
+            step_id="firmware",
+            data_schema=schema,
+            errors=errors,
+            description_placeholders={"choice": self._firmware.describe(), **placeholders},
+        )
+
+    async def async_step_firmware_offline(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """No network: the cached copy of the image is used; the user says go on."""
+        return await self._async_notice("firmware_offline", user_input)
+
+    async def async_step_firmware_fallback(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """The newest lite does not fit (or cannot be had): an older known-good one is used."""
+        return await self._async_notice("firmware_fallback", user_input)
+
+    async def _async_notice(
+        self, step_id: str, user_input: dict[str, Any] | None
+    ) -> ConfigFlowResult:
+        assert self._notice is not None
+        if user_input is None:
+            return self.async_show_form(step_id=step_id, description_placeholders=self._notice[1])
+        self._notice = None
+        return await self.async_step_flash()
 
     async def async_step_diy_flash(
         self, user_input: dict[str, Any] | None = None
@@ -374,6 +469,10 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_show_progress_done(next_step_id="failed")
         if self._error is not None:
             return self.async_show_progress_done(next_step_id="failed")
+        if self._firmware_error is not None:
+            return self.async_show_progress_done(next_step_id="firmware")
+        if self._notice is not None:
+            return self.async_show_progress_done(next_step_id=self._notice[0])
         if self._candidates:
             return self.async_show_progress_done(next_step_id="pick_device")
         return self.async_show_progress_done(next_step_id="finish")
@@ -413,6 +512,13 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         """The progress task: prepare once, then run (or resume) the stages."""
         try:
             if self._handoff is None:
+                if not self._firmware_checked:
+                    # Before any device or listener: a bad image sends the user back to
+                    # the firmware choice, an image other than the one asked for is shown.
+                    self._firmware_checked = True
+                    await self._async_check_firmware(run)
+                    if self._notice is not None:
+                        return
                 if isinstance(run, SetupModeRun):
                     if run.flasher is None:
                         await run.prepare(progress=self._on_download_progress)
@@ -454,11 +560,9 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         except PortInUseError as err:
             self._fail(run.tracker, "port_in_use", {"ports": f"{err.host}:{err.port}"})
         except FirmwareError as err:
-            self._fail(
-                run.tracker,
-                "firmware_error",
-                {"reason": str(err.code), **{k: str(v) for k, v in err.params.items()}},
-            )
+            _LOGGER.warning("Firmware %s not usable: %s", run.firmware.describe(), err)
+            self._firmware_checked = False
+            self._firmware_error = firmware_error_message(err)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -468,6 +572,27 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             # Stop offering images at once: a device that keeps reconnecting must not get
             # another try while the user reads the error.
             await run.release_flash()
+
+    async def _async_check_firmware(self, run: FlashRun) -> None:
+        """Fetch and check the chosen image; note when it is not exactly what was asked."""
+        if isinstance(run, SetupModeRun):
+            run.images = None
+            image = await run.fetch_images(self._on_download_progress)
+        else:
+            run.image = None
+            image = await run.fetch_image(self._on_download_progress)
+        step = notice_step(image)
+        if step is not None:
+            store = (await async_get_flash_server(self.hass)).firmware
+            placeholders = notice_placeholders(image, run.firmware)
+            placeholders["version"] = store.sources.tasmota_fallback_version or "?"
+            _LOGGER.warning(
+                "Firmware for %s: %s (%s); asking before the flash",
+                run.tracker.details.get("deviceid", "a device"),
+                step,
+                placeholders["reason"],
+            )
+            self._notice = (step, placeholders)
 
     def _fail(self, tracker: FlashTracker, code: str, placeholders: dict[str, str]) -> None:
         self._error = (code, placeholders)

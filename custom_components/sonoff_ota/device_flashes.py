@@ -19,13 +19,14 @@ from homeassistant.exceptions import HomeAssistantError
 
 from .const import DOMAIN, PATH_DIY
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
+from .firmware_form import firmware_error_message
 from .flash_server import DeviceBusyError, async_get_flash_server
 from .handoff_run import HandoffLinkError
 from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_store import FirmwareError
+from .proto.firmware_store import FirmwareChoice, FirmwareError
 from .proto.flash_stages import FlashTracker
 from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
@@ -95,8 +96,11 @@ class DeviceFlashes:
 
     # -- flashing --------------------------------------------------------------------------
 
-    async def async_install(self, deviceid: str) -> None:
-        """Flash Tasmota onto the known DIY device `deviceid`; raise `HomeAssistantError`."""
+    async def async_install(self, deviceid: str, firmware: FirmwareChoice | None = None) -> None:
+        """Flash Tasmota onto the known DIY device `deviceid`; raise `HomeAssistantError`.
+
+        `firmware`: the image to write (default: the newest lite that fits).
+        """
         record = get_device(self.entry, deviceid)
         if record is None or record.flashed:
             raise _error("unknown_device", deviceid=deviceid)
@@ -110,6 +114,7 @@ class DeviceFlashes:
             await network.async_get_source_ip(self.hass, target_ip=record.host)
         )
         run = DiyRun(self.hass, _target(record), callback_host)
+        run.firmware = firmware or FirmwareChoice()
         tracker = run.tracker
         self._track(deviceid, tracker)
         mac: str | None = None
@@ -131,7 +136,9 @@ class DeviceFlashes:
             async_update_port_issue(self.hass, [f"{err.host}:{err.port}"])
             raise _fail(tracker, "port_in_use", {"ports": f"{err.host}:{err.port}"}) from err
         except FirmwareError as err:
-            raise _fail(tracker, "firmware_error", {"reason": str(err.code)}) from err
+            _LOGGER.warning("Firmware for %s not usable: %s", deviceid, err)
+            key, placeholders = firmware_error_message(err)
+            raise _fail(tracker, key, placeholders) from err
         except AmbiguousDeviceError as err:
             raise _fail(tracker, "ambiguous_device", dict(err.placeholders)) from err
         except (HandoffError, HandoffLinkError) as err:

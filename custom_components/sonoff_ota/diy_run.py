@@ -19,7 +19,7 @@ from .flash_server import FlashServer, async_get_flash_server
 from .proto.diy_client import DiyClient, DiyInfo
 from .proto.diy_flasher import DiyFlasher, DiyJob, DiyTimeouts
 from .proto.firmware_image import ImageRole
-from .proto.firmware_store import ProgressCallback
+from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
 from .proto.flash_stages import FlashPath, FlashTracker
 
 _LOGGER = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class DiyRun:
         self._claimed = False
         self.flasher: DiyFlasher | None = None
         self.synthetic_image = False
+        self.firmware = FirmwareChoice()
+        """The Tasmota image the user chose (default: the newest lite that fits)."""
+        self.image: StoredImage | None = None
+        """The checked image, once fetched."""
 
     def _client(self, server: FlashServer) -> DiyClient:
         timeouts = server.settings.timeouts
@@ -110,13 +114,35 @@ class DiyRun:
         api = self.hass.config.api
         return not (self._server.settings.serve_from_ha and api is not None and not api.use_ssl)
 
+    async def fetch_image(self, progress: ProgressCallback | None = None) -> StoredImage:
+        """Fetch and check the chosen image (the device is not touched).
+
+        Raises `FirmwareError` before the device sees anything.
+        """
+        server = self._server or await async_get_flash_server(self.hass)
+        self._server = server
+        image = self.image = await server.firmware.get_chosen(
+            self.firmware, ImageRole.DIY, progress=progress
+        )
+        if image.offline or image.fell_back:
+            _LOGGER.warning(
+                "%s: flashing %s (%s, sha256 %s) instead of %s: %s",
+                self.target.deviceid,
+                image.filename,
+                "cached copy, source unreachable" if image.offline else "older known-good lite",
+                image.sha256,
+                self.firmware.describe(),
+                image.fetch_error or image.fallback_reason,
+            )
+        return image
+
     async def run(self, progress: ProgressCallback | None = None) -> None:
-        """Fetch the lite image, then unlock if needed, flash and wait for the result."""
+        """Fetch the image unless done, then unlock if needed, flash and wait for the result."""
         if self._server is None or self.flasher is None or self.flasher.info is None:
             await self.check()
         server = self._server
         assert server is not None
-        stored = await server.firmware.get_tasmota(ImageRole.DIY, progress=progress)
+        stored = self.image or await self.fetch_image(progress)
         self.synthetic_image = stored.synthetic
         image = await server.firmware.read_bytes(stored)
         self.tracker.update(None, image_sha256=stored.sha256)

@@ -16,7 +16,7 @@ from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
 from .flash_server import FlashServer, async_get_flash_server
 from .listeners import PortInUseError, async_check_port_free
-from .proto.firmware_store import ProgressCallback
+from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi import HopBackend, WifiHop
 from .proto.setup_ap import DeviceInfo, SetupApClient
@@ -56,6 +56,10 @@ class SetupModeRun:
         self._server: FlashServer | None = None
         self.flasher: SetupModeFlasher | None = None
         self.synthetic_images = False
+        self.firmware = FirmwareChoice()
+        """The Tasmota image the user chose (default: the newest lite that fits)."""
+        self.images: tuple[StoredImage, StoredImage, StoredImage] | None = None
+        """user1, user2 and the final image, once fetched and checked."""
         self.hop = hop
         self.host_wifi: SetupModeWifi | None = None
         if hop is not None and hop.backend is not HopBackend.MANUAL:
@@ -83,11 +87,23 @@ class SetupModeRun:
                 busy.append(f"{host}:{port}")
         return busy
 
+    async def fetch_images(self, progress: ProgressCallback | None = None) -> StoredImage:
+        """Fetch and check the three images (nothing is opened yet); return the final one.
+
+        Raises `FirmwareError` before any device or listener is involved.
+        """
+        server = self._server = await async_get_flash_server(self.hass)
+        self.images = await server.firmware.get_setup_images(final=self.firmware, progress=progress)
+        return self.images[2]
+
     async def prepare(self, progress: ProgressCallback | None = None) -> None:
-        """Fetch and check the images, open the listeners, build the flasher."""
+        """Fetch the images unless done, open the listeners, build the flasher."""
+        if self.images is None:
+            await self.fetch_images(progress)
         server = self._server = await async_get_flash_server(self.hass)
         settings = server.settings
-        user1, user2, final = await server.firmware.get_setup_images(progress=progress)
+        assert self.images is not None
+        user1, user2, final = self.images
         self.synthetic_images = any(image.synthetic for image in (user1, user2, final))
         images = SetupModeImages(
             user1=await server.firmware.read_bytes(user1),

@@ -1,6 +1,8 @@
 """The "Firmware" update entity: eWeLink installed, Tasmota offered.
 
-Installing runs the DIY flash of the device (see `device_flashes`). There is
+Installing runs the DIY flash of the device (see `device_flashes`): the newest
+Tasmota lite that fits, or the release named in `update.install`'s `version`
+(for example "14.4.1"). There is
 no way back to eWeLink, and the summary says so. Setup-mode devices cannot be
 flashed from a button (someone must join the device's access point from the
 HA host), so their entity offers no install and points to the flow instead.
@@ -12,12 +14,14 @@ from typing import Any
 
 from homeassistant.components.update import UpdateEntity, UpdateEntityFeature
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from . import SonoffOtaConfigEntry
-from .const import PATH_DIY
+from .const import DOMAIN, PATH_DIY
 from .device_entity import SonoffDeviceEntity, async_add_device_entities
 from .known_devices import DeviceRecord
+from .proto.firmware_store import FirmwareChoice
 
 PARALLEL_UPDATES = 0
 
@@ -55,7 +59,11 @@ class FirmwareUpdate(SonoffDeviceEntity, UpdateEntity):
     def supported_features(self) -> UpdateEntityFeature:
         """Install only for DIY devices; progress always."""
         if self.record.path == PATH_DIY and self.record.host:
-            return UpdateEntityFeature.INSTALL | UpdateEntityFeature.PROGRESS
+            return (
+                UpdateEntityFeature.INSTALL
+                | UpdateEntityFeature.PROGRESS
+                | UpdateEntityFeature.SPECIFIC_VERSION
+            )
         return UpdateEntityFeature.PROGRESS
 
     @property
@@ -90,9 +98,19 @@ class FirmwareUpdate(SonoffDeviceEntity, UpdateEntity):
 
     async def async_install(self, version: str | None, backup: bool, **kwargs: Any) -> None:
         """Flash Tasmota (raises `HomeAssistantError` with the translated reason)."""
+        firmware = FirmwareChoice()
+        if version:
+            try:
+                firmware = FirmwareChoice.for_version(version)
+            except ValueError as err:
+                raise HomeAssistantError(
+                    translation_domain=DOMAIN,
+                    translation_key="firmware_bad_version",
+                    translation_placeholders={"version": version},
+                ) from err
         self._attr_in_progress = True
         self.async_write_ha_state()
-        await self._flashes.async_install(self._deviceid)
+        await self._flashes.async_install(self._deviceid, firmware)
 
 
 def _summary(record: DeviceRecord) -> str:

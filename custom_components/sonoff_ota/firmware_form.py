@@ -1,0 +1,222 @@
+"""The firmware part of the UI: the user's choice of image, and what each failure says.
+
+Every flash takes the newest Tasmota lite that fits its path unless the user
+picks a release number, a URL or an uploaded file in the collapsed "Firmware"
+section of the flow (or in the `firmware` step shown after a failure). An
+upload is validated for the path's role as soon as it arrives, so a bad file is
+refused on the form it was picked in, before anything else happens.
+
+`firmware_error_message` turns any `FirmwareError` into a translation key
+(`firmware_<code>`, one per failure, with the first image issue for an invalid
+image) and the placeholders its text needs. The same keys exist under
+`config.error` (flow forms) and `exceptions` (the dashboard's install action).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+import logging
+from pathlib import Path
+from typing import Any
+
+from homeassistant.components.file_upload import process_uploaded_file
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import section
+from homeassistant.helpers.selector import (
+    FileSelector,
+    FileSelectorConfig,
+    TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
+)
+import voluptuous as vol
+
+from .proto.firmware_image import ImageRole, IssueCode
+from .proto.firmware_store import (
+    MAX_DOWNLOAD_BYTES,
+    FirmwareChoice,
+    FirmwareError,
+    FirmwareErrorCode,
+    FirmwareSource,
+    FirmwareStore,
+    StoredImage,
+    normalize_tasmota_version,
+    redact_url,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+CONF_FIRMWARE = "firmware"
+CONF_TASMOTA_VERSION = "tasmota_version"
+CONF_FIRMWARE_URL = "firmware_url"
+CONF_FIRMWARE_FILE = "firmware_file"
+_FIELDS = (CONF_TASMOTA_VERSION, CONF_FIRMWARE_URL, CONF_FIRMWARE_FILE)
+
+# When an image has several faults, the message names the most telling one: an error
+# page is "too small" before it is "wrong magic", a .gz name says more than its bytes.
+_ISSUE_PRIORITY = (
+    IssueCode.EMPTY,
+    IssueCode.GZIP_NAME,
+    IssueCode.GZIP,
+    IssueCode.MINIMAL_BUILD,
+    IssueCode.TOO_SMALL,
+    IssueCode.BAD_MAGIC,
+    IssueCode.BAD_FLASH_MODE,
+    IssueCode.TOO_LARGE,
+    IssueCode.HASH_MISMATCH,
+    IssueCode.KNOWN_OTHER_ROLE,
+)
+
+# Every placeholder any firmware message uses: the frontend shows a missing one raw.
+_PLACEHOLDERS = (
+    "source",
+    "url",
+    "filename",
+    "status",
+    "reason",
+    "received",
+    "expected",
+    "limit",
+    "size",
+    "minimum",
+    "found",
+    "found_name",
+    "expected_name",
+    "sha256",
+    "name",
+    "role",
+    "latest_error",
+    "fallback_version",
+    "fallback_error",
+)
+
+
+def firmware_fields(defaults: Mapping[str, Any] | None = None) -> dict[Any, Any]:
+    """The three optional fields; all empty means "the newest lite that fits"."""
+    defaults = defaults or {}
+    return {
+        vol.Optional(
+            CONF_TASMOTA_VERSION,
+            description={"suggested_value": defaults.get(CONF_TASMOTA_VERSION)},
+        ): TextSelector(),
+        vol.Optional(
+            CONF_FIRMWARE_URL, description={"suggested_value": defaults.get(CONF_FIRMWARE_URL)}
+        ): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
+        vol.Optional(CONF_FIRMWARE_FILE): FileSelector(FileSelectorConfig(accept=".bin")),
+    }
+
+
+def firmware_section() -> dict[Any, Any]:
+    """The collapsed "Firmware" section of the setup-mode and DIY forms."""
+    return {
+        vol.Required(CONF_FIRMWARE, default={}): section(
+            vol.Schema(firmware_fields()), {"collapsed": True}
+        )
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceResult:
+    """A parsed choice, or the form error (key and placeholders) that stops it."""
+
+    choice: FirmwareChoice | None
+    error: str | None = None
+    placeholders: Mapping[str, str] | None = None
+
+
+def _read_upload(hass: HomeAssistant, file_id: str) -> tuple[bytes | None, str, int]:
+    """(bytes or None when too large, file name, size); runs in the executor."""
+    with process_uploaded_file(hass, file_id) as path:
+        size = path.stat().st_size
+        name = Path(path).name
+        if size > MAX_DOWNLOAD_BYTES:
+            return None, name, size
+        return path.read_bytes(), name, size
+
+
+async def async_parse_choice(
+    hass: HomeAssistant, store: FirmwareStore, values: Mapping[str, Any], role: ImageRole
+) -> ChoiceResult:
+    """Turn the form's firmware fields into a choice; an upload is validated right away."""
+    given = [key for key in _FIELDS if str(values.get(key) or "").strip()]
+    if len(given) > 1:
+        return ChoiceResult(None, "firmware_choose_one")
+    if not given:
+        return ChoiceResult(FirmwareChoice())
+    key = given[0]
+    value = str(values[key]).strip()
+    if key == CONF_TASMOTA_VERSION:
+        version = normalize_tasmota_version(value)
+        if version is None:
+            return ChoiceResult(None, "firmware_bad_version", {"version": value})
+        return ChoiceResult(FirmwareChoice(FirmwareSource.VERSION, version=version))
+    if key == CONF_FIRMWARE_URL:
+        if not value.lower().startswith(("http://", "https://")):
+            return ChoiceResult(
+                None, "firmware_bad_url", _message_placeholders({"url": redact_url(value)})
+            )
+        return ChoiceResult(FirmwareChoice(FirmwareSource.URL, url=value))
+    try:
+        data, filename, size = await hass.async_add_executor_job(_read_upload, hass, value)
+    except ValueError:  # the upload expired or never arrived
+        return ChoiceResult(None, "firmware_upload_missing")
+    if data is None:
+        return ChoiceResult(
+            None,
+            "firmware_download_too_large",
+            _message_placeholders(
+                {"source": filename, "url": filename, "received": size, "limit": MAX_DOWNLOAD_BYTES}
+            ),
+        )
+    try:
+        stored = await store.store_upload(data, filename, role)
+    except FirmwareError as err:
+        key, placeholders = firmware_error_message(err)
+        _LOGGER.warning("Uploaded firmware %s refused: %s", filename, err)
+        return ChoiceResult(None, key, placeholders)
+    _LOGGER.info("Uploaded firmware %s accepted (sha256 %s)", filename, stored.sha256)
+    return ChoiceResult(FirmwareChoice(FirmwareSource.UPLOAD, upload=stored))
+
+
+def _message_placeholders(params: Mapping[str, str | int]) -> dict[str, str]:
+    values = dict.fromkeys(_PLACEHOLDERS, "?")
+    values.update({key: str(value) for key, value in params.items()})
+    return values
+
+
+def firmware_error_message(err: FirmwareError) -> tuple[str, dict[str, str]]:
+    """The translation key and placeholders that say what is wrong and what to do."""
+    params: dict[str, str | int] = dict(err.params)
+    source = params.get("url") or params.get("filename") or params.get("latest_url") or "?"
+    params.setdefault("source", source)
+    if err.code is FirmwareErrorCode.INVALID_IMAGE and err.issues:
+        issue = min(
+            err.issues,
+            key=lambda i: (
+                _ISSUE_PRIORITY.index(i.code) if i.code in _ISSUE_PRIORITY else len(_ISSUE_PRIORITY)
+            ),
+        )
+        return f"firmware_{issue.code}", _message_placeholders({**issue.params, **params})
+    return f"firmware_{err.code}", _message_placeholders(params)
+
+
+def notice_placeholders(image: StoredImage, choice: FirmwareChoice) -> dict[str, str]:
+    """What the "cached copy" / "older release" notice shows."""
+    return {
+        "source": image.source_url or image.filename,
+        "filename": image.filename,
+        "size": str(image.size),
+        "sha256": image.sha256,
+        "reason": str(image.fetch_error or image.fallback_reason or ""),
+        "choice": choice.describe(),
+    }
+
+
+def notice_step(image: StoredImage) -> str | None:
+    """The step that tells the user an image is not what was asked for, if any."""
+    if image.fell_back:
+        return "firmware_fallback"
+    if image.offline:
+        return "firmware_offline"
+    return None
