@@ -109,11 +109,10 @@ def firmware_fields(defaults: Mapping[str, Any] | None = None) -> dict[Any, Any]
 
 def firmware_section() -> dict[Any, Any]:
     """The collapsed "Firmware" section of the setup-mode and DIY forms."""
-    return {
-        vol.Required(CONF_FIRMWARE, default={}): section(
-            vol.Schema(firmware_fields()), {"collapsed": True}
-        )
-    }
+    # `Any`: HA 2026.x types sections with probatio schemas (voluptuous is aliased to
+    # probatio at runtime), 2025.x with voluptuous ones.
+    fields: Any = vol.Schema(firmware_fields())
+    return {vol.Required(CONF_FIRMWARE, default={}): section(fields, {"collapsed": True})}
 
 
 @dataclass(frozen=True, slots=True)
