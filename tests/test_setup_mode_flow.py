@@ -304,6 +304,70 @@ async def test_setup_ap_timeout_offers_a_retry_then_succeeds(
             assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
 
 
+@pytest.mark.parametrize(
+    ("stage", "timing", "timeouts"),
+    [
+        (
+            "wait_dispatch",
+            Timing(ap_to_station_delay=1.5),
+            Timeouts(dispatch=0.3, upgrade=10, finalstage=10),
+        ),
+        (
+            "upgrading",
+            Timing(chunk_delay=0.03),
+            Timeouts(dispatch=5, upgrade=0.4, finalstage=10),
+        ),
+        (
+            "wait_finalstage",
+            Timing(intermediate_boot_delay=1.5),
+            Timeouts(dispatch=5, upgrade=10, finalstage=0.3),
+        ),
+    ],
+    ids=["dispatch", "upgrade", "finalstage"],
+)
+async def test_slow_device_times_out_and_the_retry_waits_on_without_restarting(
+    *,
+    hass: HomeAssistant,
+    socket_enabled: None,
+    real_mqtt: None,
+    stage: str,
+    timing: Timing,
+    timeouts: Timeouts,
+) -> None:
+    """Each waiting stage times out on a slow device; "try again" only waits longer.
+
+    Nothing is sent twice: one dispatch, one accepted upgrade, one Tasmota written,
+    even when the timeout fell in the middle of the intermediate download.
+    """
+    async with setup_device(hass, timing=timing) as (device, firmware, settings):
+        install_settings(
+            hass,
+            firmware,
+            finalstage_port=settings.finalstage_port,
+            setup_ap_url=device.ap_url,
+            tasmota_ap_url=settings.tasmota_ap_url,
+            timeouts=timeouts,
+        )
+        result = await start_flow(hass)
+        final = await finish(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.MENU, final
+        assert final["step_id"] == "stage_timeout"
+        assert final["description_placeholders"]["stage"] == stage
+        flow_id = final["flow_id"]
+        for _retry in range(3):  # the user presses "try again"
+            if final["type"] is not FlowResultType.MENU:
+                break
+            resumed = await hass.config_entries.flow.async_configure(
+                flow_id, {"next_step_id": "flash"}
+            )
+            assert resumed["type"] is FlowResultType.SHOW_PROGRESS
+            final = await finish(hass, flow_id)
+        assert final["type"] is FlowResultType.CREATE_ENTRY, final
+        await device.wait_for_stage(DeviceStage.TASMOTA)
+        assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
+        assert [ack.error for ack in device.acks if ack.action == "upgrade"] == [0]
+
+
 async def test_timeout_then_cancel_closes_every_port(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:

@@ -161,6 +161,7 @@ class SetupModeFlasher:
         self.paced_retry_used = False
         self._saw_user2 = False
         self._finalstage_index = 0
+        self._finalstage_watch_from: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -385,7 +386,11 @@ class SetupModeFlasher:
             self._holds_finalstage = True
         # The intermediate image fetches its files from 192.168.4.2:8080/ota/ (spec §7).
         self._images.mount_fixed(served)
-        index = len(served.history)
+        # Watch from where the first try started: on a retry after a timeout the device
+        # may have fetched (even finished) while the user read the timeout menu.
+        if self._finalstage_watch_from is None:
+            self._finalstage_watch_from = len(served.history)
+        index = self._finalstage_watch_from
         if self.host_wifi is not None:
             await self.host_wifi.join_finalstage(self.job.timeouts.finalstage)
         if self._join_finalstage is not None:
