@@ -16,16 +16,18 @@ from ipaddress import ip_address
 from typing import Any
 
 from homeassistant import config_entries
+from homeassistant.components.http import ApiConfig
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.sonoff_ota.const import DOMAIN
-from custom_components.sonoff_ota.flash_server import SERVER_KEY
-from custom_components.sonoff_ota.settings import Timeouts
+from custom_components.sonoff_ota.flash_server import SERVER_KEY, async_get_flash_server
+from custom_components.sonoff_ota.settings import Timeouts, get_settings
 from tests.harness import (
     LOOPBACK,
     WIFI,
@@ -381,3 +383,39 @@ async def test_ten_devices_flash_at_once(
         finally:
             for device in devices:
                 await device.stop()
+
+
+async def test_image_is_served_from_has_own_server_when_it_is_plain_http(
+    hass: HomeAssistant,
+    socket_enabled: None,
+    real_mqtt: None,
+    hass_client_no_auth: ClientSessionGenerator,
+) -> None:
+    """The default (`serve_from_ha`): downloads and the result callback go to HA's server.
+
+    phcc does not bind HA's own server; `hass_client_no_auth` serves HA's real app on a
+    127.0.0.1 port, and `hass.config.api` is pointed at it as HA does at startup.
+    """
+    async with diy_device(hass, removed_from_ewelink=True) as (device, firmware):
+        install_settings(
+            hass,
+            firmware,
+            serve_from_ha=True,
+            tasmota_ap_url=get_settings(hass).tasmota_ap_url,
+        )
+        # Everything that adds routes first: the router freezes once the client serves.
+        assert await async_setup_component(hass, DOMAIN, {})
+        await async_get_flash_server(hass)  # its views (downloads, result callback)
+        client = await hass_client_no_auth()
+        ha_port = client.port
+        assert ha_port is not None
+        hass.config.api = ApiConfig(LOOPBACK, LOOPBACK, ha_port, use_ssl=False)
+        result = await discover(hass, device)
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.CREATE_ENTRY, final
+        assert flashed(device) == firmware.tasmota
+        assert device.downloads
+        assert all(f":{ha_port}/api/sonoff_ota/fw/" in d.url for d in device.downloads)
+        assert all(d.status == 206 for d in device.downloads)
+        assert device.callbacks and all(f":{ha_port}/" in c.url for c in device.callbacks)
+        assert not any(str(get_settings(hass).finalstage_port) in d.url for d in device.downloads)
