@@ -118,6 +118,23 @@ def flashed(device: DiyDevice) -> bytes | None:
     return device.flash.image_at(ARDUINO_OFFSET)
 
 
+@asynccontextmanager
+async def bare_diy_devices(count: int, first: int) -> AsyncIterator[list[DiyDevice]]:
+    """`count` eWeLink DIY devices alone (no Tasmota behind them), each from its own
+    127.0.0.x source address, numbered from `first`."""
+    devices = [
+        DiyDevice(DiyConfig(deviceid=f"1000e4{first + i:04x}", source_host=f"127.0.0.{first + i}"))
+        for i in range(count)
+    ]
+    try:
+        for device in devices:
+            await device.start()
+        yield devices
+    finally:
+        for device in devices:
+            await device.stop()
+
+
 @pytest.mark.parametrize("fw_version", ["3.3.0", "3.5.0", "3.6.0", "3.7.6"])
 async def test_discovered_device_is_flashed_with_exactly_our_image(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None, fw_version: str
@@ -359,13 +376,7 @@ async def test_ten_devices_flash_at_once(
             firmware,
             timeouts=Timeouts(diy_request=2, diy_flash=20, tasmota_ap=0.5, discovery=0.5),
         )
-        devices = [
-            DiyDevice(DiyConfig(deviceid=f"1000e4c1{i:02x}", source_host=f"127.0.0.{10 + i}"))
-            for i in range(10)
-        ]
-        for device in devices:
-            await device.start()
-        try:
+        async with bare_diy_devices(10, first=10) as devices:
             flows = [await discover(hass, device) for device in devices]
             for flow in flows:
                 result = await hass.config_entries.flow.async_configure(flow["flow_id"], {})
@@ -380,9 +391,6 @@ async def test_ten_devices_flash_at_once(
                 assert final["type"] is FlowResultType.ABORT
                 assert final["reason"] == "tasmota_not_found"
             assert not hass.config_entries.flow.async_progress()
-        finally:
-            for device in devices:
-                await device.stop()
 
 
 async def test_image_is_served_from_has_own_server_when_it_is_plain_http(

@@ -25,9 +25,9 @@ from custom_components.sonoff_ota.flash_server import async_get_flash_server
 from custom_components.sonoff_ota.proto.firmware_image import ImageRole
 from custom_components.sonoff_ota.settings import Timeouts
 from tests.harness import WIFI, flow_result, free_port, install_settings, local_firmware
-from tests.test_diy_flow import discover, diy_device, flashed
+from tests.test_diy_flow import bare_diy_devices, discover, diy_device, flashed
 from tests.test_setup_mode_flow import finish, setup_device
-from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage
+from virtual_sonoff.diy import DiyDevice, DiyStage
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.images import MAGIC_V2, make_image, tasmota_lite
 from virtual_sonoff.setup_mode import Stage as DeviceStage
@@ -255,13 +255,7 @@ async def test_two_flows_needing_the_same_image_download_it_once(
         )
         assert await async_setup_component(hass, "http", {})
         MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data=WIFI).add_to_hass(hass)
-        devices = [
-            DiyDevice(DiyConfig(deviceid=f"1000e4c2{i:02x}", source_host=f"127.0.0.{20 + i}"))
-            for i in range(2)
-        ]
-        for device in devices:
-            await device.start()
-        try:
+        async with bare_diy_devices(2, first=30) as devices:
             firmware.server.gate = asyncio.Event()  # hold the first download open
             flows = [await discover(hass, device) for device in devices]
             for flow in flows:
@@ -276,9 +270,6 @@ async def test_two_flows_needing_the_same_image_download_it_once(
             assert firmware.server.requests["tasmota-lite.bin"] == 1
             for flow in flows:
                 await flow_result(hass, flow["flow_id"])
-        finally:
-            for device in devices:
-                await device.stop()
 
 
 async def test_setup_mode_flashes_the_release_chosen_in_the_form(

@@ -62,7 +62,7 @@ SONOFFS: dict[int, VirtualSonoff] = {}
 
 @asynccontextmanager
 async def setup_device(
-    hass: HomeAssistant, **config: Any
+    hass: HomeAssistant, *, timeouts: Timeouts | None = None, **config: Any
 ) -> AsyncIterator[tuple[SetupModeDevice, Firmware, Settings]]:
     async with local_firmware() as firmware:
         settings = install_settings(hass, firmware)
@@ -84,6 +84,7 @@ async def setup_device(
                 finalstage_port=settings.finalstage_port,
                 setup_ap_url=device.ap_url,
                 tasmota_ap_url=settings.tasmota_ap_url,
+                **({"timeouts": timeouts} if timeouts is not None else {}),
             )
             assert await async_setup_component(hass, "http", {})
             try:
@@ -339,15 +340,7 @@ async def test_slow_device_times_out_and_the_retry_waits_on_without_restarting(
     Nothing is sent twice: one dispatch, one accepted upgrade, one Tasmota written,
     even when the timeout fell in the middle of the intermediate download.
     """
-    async with setup_device(hass, timing=timing) as (device, firmware, settings):
-        install_settings(
-            hass,
-            firmware,
-            finalstage_port=settings.finalstage_port,
-            setup_ap_url=device.ap_url,
-            tasmota_ap_url=settings.tasmota_ap_url,
-            timeouts=timeouts,
-        )
+    async with setup_device(hass, timing=timing, timeouts=timeouts) as (device, firmware, _):
         result = await start_flow(hass)
         final = await finish(hass, result["flow_id"])
         assert final["type"] is FlowResultType.MENU, final
