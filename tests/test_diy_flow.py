@@ -334,6 +334,35 @@ async def test_device_vanishing_mid_flash_is_never_flashed_twice(
         assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
 
 
+async def test_lost_result_callback_after_a_whole_download_goes_on_to_tasmota(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
+    """The device flashed but its result POST never arrived (its target is only inferred).
+
+    The whole image went out, so the hand-off looks for Tasmota instead of giving up,
+    and the device ends up in HA; `ota_flash` is still sent exactly once.
+    """
+    async with diy_device(
+        hass, faults=Faults({Fault.LOSE_RESULT_CALLBACK}), removed_from_ewelink=True
+    ) as (device, firmware):
+        install_settings(
+            hass,
+            firmware,
+            tasmota_ap_url=get_settings(hass).tasmota_ap_url,
+            timeouts=Timeouts(diy_request=2, diy_flash=1.5, diy_reboot=5, discovery=10),
+        )
+        result = await discover(hass, device)
+        final = await confirm_and_flash(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.CREATE_ENTRY, final
+        assert not device.callbacks
+        assert flashed(device) == firmware.tasmota
+        assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
+        tasmota = SONOFFS[id(device)].tasmota
+        assert tasmota is not None
+        device_id = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
+        await assert_tasmota_switch_works(hass, device_id, tasmota)
+
+
 async def test_stalled_device_times_out_at_the_flash(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:

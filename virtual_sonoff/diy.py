@@ -884,6 +884,9 @@ class DiyDevice:
 
     async def _send_callback(self, parts: SplitResult, code: CallbackError) -> None:
         """`POST /api/device/otaFlash` to the download server (§1.7, inferred target)."""
+        if Fault.LOSE_RESULT_CALLBACK in self.config.faults:
+            _LOGGER.debug("%s: result callback lost (fault)", self.config.deviceid)
+            return
         host = self._host_header(parts)
         body = json.dumps({"error": int(code)}).encode()
         request = (

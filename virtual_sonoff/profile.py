@@ -69,6 +69,9 @@ class Fault(enum.StrEnum):
     """After a bad final image the device keeps rebooting and never comes up."""
     LOSE_AP_REPLY = "lose_ap_reply"
     """Drop the setup AP before answering `POST /ap` (the settings are taken)."""
+    LOSE_RESULT_CALLBACK = "lose_result_callback"
+    """DIY: flash normally but never deliver `POST /api/device/otaFlash` (its target is
+    only inferred, diy §1.7)."""
     BROKER_UNREACHABLE = "broker_unreachable"
     """Tasmota cannot reach the MQTT broker: LWT never `Online`."""
 

@@ -164,7 +164,20 @@ class DiyFlasher:
             async with asyncio.timeout(self.job.timeouts.flash):
                 event = await served.wait_for(ImageEventKind.OTA_RESULT, start=start)
         except TimeoutError as err:
-            raise DiyFlashError("flash_result_missing") from err
+            progress = served.progress[IMAGE_NAME]
+            if progress.high_water < progress.size:
+                raise DiyFlashError("flash_result_missing") from err
+            # The whole image went out but no result came. Where the device posts its
+            # result is inferred, not verified (diy §1.7), and success is also "gone from
+            # _ewelink._tcp, then a tasmota AP or discovery" (diy §6 item 8): let the
+            # hand-off decide. Nothing is ever sent to the device again.
+            _LOGGER.warning(
+                "Device %s downloaded the whole image but sent no result; "
+                "looking for Tasmota instead",
+                self.job.deviceid,
+            )
+            self.tracker.update(1.0, flash_result="no_callback")
+            return
         result = event.result
         code = result.error if result is not None else None
         outcome = flash_result(code) if code is not None else FlashResult.UNKNOWN
