@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import hashlib
 import socket
 from typing import Any
 
 from homeassistant.components.mqtt import config_flow as mqtt_config_flow
-from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.data_entry_flow import (
+    EVENT_DATA_ENTRY_FLOW_PROGRESSED,
+    FlowResultType,
+    UnknownFlow,
+)
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -165,3 +169,43 @@ async def flow_result(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
         result = await hass.config_entries.flow.async_configure(flow_id, {})
         assert result["description_placeholders"] == shown
     return dict(result)
+
+
+@dataclass(slots=True)
+class FrontendWatch:
+    """What a watching frontend fetched: every result, and fetches that found no flow."""
+
+    flow_id: str = ""
+    fetched: list[Any] = field(default_factory=list)
+    lost: list[Exception] = field(default_factory=list)
+
+    def progress_placeholders(self, key: str) -> list[str]:
+        """The values of one placeholder across the progress steps fetched."""
+        return [
+            r["description_placeholders"][key]
+            for r in self.fetched
+            if r["type"] is FlowResultType.SHOW_PROGRESS and r.get("description_placeholders")
+        ]
+
+
+@asynccontextmanager
+async def watching_frontend(hass: HomeAssistant) -> AsyncIterator[FrontendWatch]:
+    """Like the UI: fetch the flow `watch.flow_id` on every `data_entry_flow_progressed`."""
+    watch = FrontendWatch()
+
+    async def fetch() -> None:
+        try:
+            watch.fetched.append(await hass.config_entries.flow.async_configure(watch.flow_id))
+        except UnknownFlow as err:
+            watch.lost.append(err)
+
+    @callback
+    def on_progress(event: Event[Any]) -> None:
+        if watch.flow_id and event.data["flow_id"] == watch.flow_id:
+            hass.async_create_task(fetch())
+
+    unsubscribe = hass.bus.async_listen(EVENT_DATA_ENTRY_FLOW_PROGRESSED, on_progress)
+    try:
+        yield watch
+    finally:
+        unsubscribe()

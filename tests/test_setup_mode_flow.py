@@ -17,11 +17,9 @@ import ssl
 from typing import Any
 
 from homeassistant import config_entries
-from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import (
-    EVENT_DATA_ENTRY_FLOW_PROGRESSED,
     FlowResultType,
-    UnknownFlow,
 )
 from homeassistant.setup import async_setup_component
 import pytest
@@ -40,6 +38,7 @@ from tests.harness import (
     local_firmware,
     tasmota_ap_port,
     wait_until,
+    watching_frontend,
 )
 from tests.proto.legacy_clients import expect_failed_handshakes, legacy_client_context
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
@@ -451,32 +450,14 @@ async def test_a_watching_frontend_sees_each_stage_and_then_the_result(
     Every fetch must find the flow until the one that returns the final result
     (a refresh that ran the flow to its end itself made the UI say "Invalid flow").
     """
-    async with setup_device(hass) as (device, firmware, _):
-        fetched: list[Any] = []
-        lost: list[Exception] = []
-        flow_id = ""
-
-        async def fetch() -> None:
-            try:
-                fetched.append(await hass.config_entries.flow.async_configure(flow_id))
-            except UnknownFlow as err:
-                lost.append(err)
-
-        @callback
-        def on_progress(event: Event[Any]) -> None:
-            if event.data["flow_id"] == flow_id:
-                hass.async_create_task(fetch())
-
-        unsubscribe = hass.bus.async_listen(EVENT_DATA_ENTRY_FLOW_PROGRESSED, on_progress)
-        try:
-            result = await start_flow(hass)
-            flow_id = result["flow_id"]
-            await hass.async_block_till_done(wait_background_tasks=True)
-            await wait_until(lambda: any(r["step_id"] == "finish" for r in fetched))
-            await hass.async_block_till_done()
-        finally:
-            unsubscribe()
-        assert lost == []
+    async with setup_device(hass) as (device, firmware, _), watching_frontend(hass) as watch:
+        result = await start_flow(hass)
+        flow_id = watch.flow_id = result["flow_id"]
+        await hass.async_block_till_done(wait_background_tasks=True)
+        await wait_until(lambda: any(r["step_id"] == "finish" for r in watch.fetched))
+        await hass.async_block_till_done()
+        fetched = watch.fetched
+        assert watch.lost == []
         # fetching again is harmless; Submit ends the flow
         done = await flow_result(hass, flow_id)
         assert done["type"] is FlowResultType.CREATE_ENTRY

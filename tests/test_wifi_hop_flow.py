@@ -36,6 +36,7 @@ from tests.harness import (
     local_firmware,
     tasmota_ap_port,
     wait_until,
+    watching_frontend,
 )
 from tests.proto.fake_networkmanager import (
     BusConfig,
@@ -272,6 +273,25 @@ async def test_flash_with_automatic_wifi_hops(
         assert world.nm.wifi_ssid() == "HomeNet"  # restored at the end
         assert world.nm.checkpoints == {}
         assert not [p for p in world.nm.settings.values() if p.conn_id.startswith("sonoff-ota")]
+
+
+async def test_hop_progress_speaks_has_language(
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+) -> None:
+    """The hop's live status in the progress text follows HA's language (German here)."""
+    hass.config.language = "de"
+    async with hop_world(hass, bus), watching_frontend(hass) as watch:
+        form = await to_setup_mode(hass)
+        result = await hass.config_entries.flow.async_configure(
+            form["flow_id"], {"callback_host": LOOPBACK}
+        )
+        watch.flow_id = result["flow_id"]
+        final = await finish(hass, result["flow_id"])
+        assert final["type"] is FlowResultType.CREATE_ENTRY, final
+        await hass.async_block_till_done()
+    texts = watch.progress_placeholders("wifi_hop")
+    assert any(text.startswith("mit FinalStage verbunden als 192.168.4.2") for text in texts), texts
+    assert not any(" as 192.168." in text for text in texts), "no English left"
 
 
 async def test_lan_on_a_device_subnet_is_refused(

@@ -28,6 +28,7 @@ from homeassistant.helpers.selector import (
     SelectSelectorMode,
 )
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from homeassistant.helpers.translation import async_get_translations
 import voluptuous as vol
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
@@ -56,6 +57,14 @@ from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi import HopError, HopErrorCode
 from .proto.setup_ap import SetupApError
 from .proto.setup_mode_flasher import SetupModeError, StageTimeoutError
+from .proto.setup_mode_wifi import (
+    DETAIL,
+    DETAIL_ADDRESS,
+    DETAIL_ERROR,
+    DETAIL_INTERFACE,
+    DETAIL_SSID,
+    DETAIL_STATE,
+)
 from .proto.tasmota_discovery import TasmotaDevice
 from .proto.tasmota_handoff import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings, validate_wifi
@@ -111,6 +120,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._firmware_error: tuple[str, dict[str, str]] | None = None
         self._firmware_checked = False
         self._notice: tuple[str, dict[str, str]] | None = None
+        self._hop_texts: dict[str, str] = {}
 
     # -- Wi-Fi and path ----------------------------------------------------------------------
 
@@ -447,6 +457,10 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         run = self._run
         assert run is not None
         if self._task is None:
+            if isinstance(run, SetupModeRun) and run.host_wifi is not None and not self._hop_texts:
+                self._hop_texts = await async_get_translations(
+                    self.hass, self.hass.config.language, "selector", {DOMAIN}
+                )
             if self._remove_listener is None:
                 self._remove_listener = run.tracker.add_listener(self._on_tracker_change)
             self._task = self.hass.async_create_task(
@@ -657,8 +671,26 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             # The one-tap link carries the Wi-Fi and MQTT passwords (the text warns):
             # shown only while Tasmota's AP waits for a phone, never logged.
             "phone_link": details.get("tasmota_phone_link_secret", ""),
-            "wifi_hop": details.get("wifi_hop", ""),
+            "wifi_hop": self._wifi_hop_text(details),
         }
+
+    def _wifi_hop_text(self, details: dict[str, str]) -> str:
+        """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
+        state = details.get(DETAIL_STATE)
+        key = f"component.{DOMAIN}.selector.{DETAIL}.options.{state}"
+        template = self._hop_texts.get(key) if state else None
+        if template is None:
+            return details.get(DETAIL, "")
+        values = {
+            "ssid": details.get(DETAIL_SSID, ""),
+            "interface": details.get(DETAIL_INTERFACE, ""),
+            "address": details.get(DETAIL_ADDRESS, ""),
+            "error": details.get(DETAIL_ERROR, ""),
+        }
+        try:
+            return template.format_map(values)
+        except (KeyError, IndexError, ValueError):
+            return details.get(DETAIL, "")
 
     async def async_step_stage_timeout(
         self, user_input: dict[str, Any] | None = None

@@ -39,6 +39,13 @@ _LOGGER = logging.getLogger(__name__)
 
 FINALSTAGE_SSID_RE: Final = re.compile(rf"^{FINALSTAGE_SSID}$")
 DETAIL: Final = "wifi_hop"
+"""English summary of the hop (logs, diagnostics); the UI renders the parts below."""
+DETAIL_STATE: Final = "wifi_hop_state"
+"""looking | joining | on | gone | home | not_restored (translated by the UI)."""
+DETAIL_SSID: Final = "wifi_hop_ssid"
+DETAIL_INTERFACE: Final = "wifi_hop_interface"
+DETAIL_ADDRESS: Final = "wifi_hop_address"
+DETAIL_ERROR: Final = "wifi_hop_error"
 """The tracker detail (and flow placeholder) that says what the hop is doing."""
 
 
@@ -83,19 +90,34 @@ class SetupModeWifi:
         """The SSID the host was moved to, None while on the home network."""
         return self._on
 
-    def _detail(self, text: str) -> None:
-        self.tracker.update(None, **{DETAIL: text})
+    def _detail(
+        self, state: str, text: str, *, ssid: str = "", address: str = "", error: str = ""
+    ) -> None:
+        self.tracker.update(
+            None,
+            **{
+                DETAIL: text,
+                DETAIL_STATE: state,
+                DETAIL_SSID: ssid,
+                DETAIL_INTERFACE: self.interface or "Wi-Fi",
+                DETAIL_ADDRESS: address,
+                DETAIL_ERROR: error,
+            },
+        )
 
     def _on_link(self, event: LinkEvent) -> None:
         if self._on != event.ssid:
             return
+        address = str(event.address or "")
         if event.up:
-            self._detail(f"on {event.ssid} as {event.address}")
+            self._detail("on", f"on {event.ssid} as {address}", ssid=event.ssid, address=address)
         else:  # FinalStage reboots between its two sessions (setup-mode-ota.md §7)
-            self._detail(f"{event.ssid} is gone for now; re-joining when it is back")
+            self._detail(
+                "gone", f"{event.ssid} is gone for now; re-joining when it is back", ssid=event.ssid
+            )
 
     async def _find(self, pattern: re.Pattern[str], label: str, limit: float, stage: Stage) -> str:
-        self._detail(f"looking for {label} on {self.interface or 'Wi-Fi'}")
+        self._detail("looking", f"looking for {label} on {self.interface or 'Wi-Fi'}", ssid=label)
         try:
             found = await self.hop.find_ssids(pattern, limit, scan_interval=self._scan_interval)
         except TimeoutError as err:
@@ -111,14 +133,17 @@ class SetupModeWifi:
         return found[0]
 
     async def _join(self, target: HopTarget) -> None:
-        self._detail(f"joining {target.ssid} on {self.interface or 'Wi-Fi'}")
+        self._detail(
+            "joining", f"joining {target.ssid} on {self.interface or 'Wi-Fi'}", ssid=target.ssid
+        )
         try:
             joined = await self.hop.join(target)
         except HopError as err:
             self._on = None
             raise hop_error(err, target.ssid, self.interface) from err
         self._on = target.ssid
-        self._detail(f"on {joined.ssid} as {joined.address}")
+        address = str(joined.address)
+        self._detail("on", f"on {joined.ssid} as {address}", ssid=joined.ssid, address=address)
 
     async def join_setup_ap(self, timeout: float) -> None:  # noqa: ASYNC109
         """Find the device's `ITEAD-…` AP within `timeout` and join it as 10.10.7.2."""
@@ -145,8 +170,12 @@ class SetupModeWifi:
             result = await self.hop.restore_shielded()
         if was_on is not None or result.method != "nothing":
             if result.restored:
-                self._detail("back on the home network")
+                self._detail("home", "back on the home network")
             else:
-                self._detail(f"could not restore the home network: {result.detail}")
+                self._detail(
+                    "not_restored",
+                    f"could not restore the home network: {result.detail}",
+                    error=str(result.detail),
+                )
                 _LOGGER.warning("Host network not restored: %s", result.detail)
         return result
