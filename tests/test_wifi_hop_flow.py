@@ -50,6 +50,7 @@ from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
+from virtual_sonoff.tasmota import TasmotaMode
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -131,7 +132,9 @@ class HopWorld:
     device: SetupModeDevice
     ap_gate: Gate
     finalstage_gate: Gate
+    tasmota_gate: Gate
     connections: list[tuple[str, bool]]
+    sonoff: VirtualSonoff
 
     @property
     def nm(self) -> FakeNetworkManager:
@@ -158,6 +161,22 @@ async def mirror_radio(device: SetupModeDevice, nm: FakeNetworkManager) -> None:
         nm.remove_ap("FinalStage")
 
 
+async def mirror_tasmota_radio(sonoff: VirtualSonoff, nm: FakeNetworkManager) -> None:
+    """Tasmota's first-boot AP appears in NM's scan list while it is up (open network)."""
+    shown: str | None = None
+    while True:
+        tasmota = sonoff.tasmota
+        up = tasmota is not None and tasmota.mode is TasmotaMode.AP
+        if up and shown is None:
+            assert tasmota is not None
+            shown = tasmota.ap_ssid
+            nm.add_ap(shown, None)
+        elif not up and shown is not None:
+            nm.remove_ap(shown)
+            shown = None
+        await asyncio.sleep(0.01)
+
+
 @asynccontextmanager
 async def hop_world(
     hass: HomeAssistant, bus: BusConfig, *, itead_psk: str = "12345678", **nm_kwargs: Any
@@ -165,6 +184,8 @@ async def hop_world(
     async with local_firmware() as firmware:
         settings = install_settings(hass, firmware)
         finalstage_gate = Gate((LOOPBACK, settings.finalstage_port))
+        # Tasmota's AP (192.168.4.1) is reachable only while the host is joined to it.
+        tasmota_gate = Gate((LOOPBACK, tasmota_ap_port(settings)))
         sonoff = VirtualSonoff(
             "setup",
             setup=SetupModeConfig(
@@ -188,6 +209,8 @@ async def hop_world(
                     ap_gate.set(up)
                 elif ssid == "FinalStage":
                     finalstage_gate.set(up)
+                elif ssid.startswith("tasmota"):
+                    tasmota_gate.set(up)
 
             nm.on_connection.append(on_connection)
             if itead_psk != "12345678":
@@ -200,7 +223,7 @@ async def hop_world(
                 firmware,
                 finalstage_port=settings.finalstage_port,
                 setup_ap_url=f"http://{LOOPBACK}:{ap_gate.port}",
-                tasmota_ap_url=settings.tasmota_ap_url,
+                tasmota_ap_url=f"http://{LOOPBACK}:{tasmota_gate.port}",
                 wifi_hop="networkmanager",
                 nm_bus_address=env.address,
                 timeouts=Timeouts(
@@ -215,14 +238,19 @@ async def hop_world(
                     wifi_scan=0.05,
                 ),
             )
+            tasmota_mirror = asyncio.create_task(mirror_tasmota_radio(sonoff, nm))
             assert await async_setup_component(hass, "http", {})
             try:
-                yield HopWorld(env, device, ap_gate, finalstage_gate, connections)
+                yield HopWorld(
+                    env, device, ap_gate, finalstage_gate, tasmota_gate, connections, sonoff
+                )
             finally:
-                mirror.cancel()
-                await asyncio.gather(mirror, return_exceptions=True)
+                for task in (mirror, tasmota_mirror):
+                    task.cancel()
+                await asyncio.gather(mirror, tasmota_mirror, return_exceptions=True)
                 await ap_gate.close()
                 await finalstage_gate.close()
+                await tasmota_gate.close()
 
 
 async def to_setup_mode(hass: HomeAssistant) -> dict[str, Any]:
@@ -248,7 +276,11 @@ async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
 async def test_flash_with_automatic_wifi_hops(
     hass: HomeAssistant, bus: BusConfig, real_mqtt: None
 ) -> None:
-    """ITEAD, home, FinalStage (twice: it reboots in between), home; nobody touches Wi-Fi."""
+    """ITEAD, home, FinalStage (twice: it reboots in between), home, Tasmota's AP, home.
+
+    Nobody touches Wi-Fi and no phone is needed: Tasmota's AP is reachable only through
+    the hop (a gate opens while NM is joined to it).
+    """
     async with hop_world(hass, bus) as world:
         form = await to_setup_mode(hass)
         assert form["type"] is FlowResultType.FORM
@@ -269,7 +301,11 @@ async def test_flash_with_automatic_wifi_hops(
         assert world.finalstage_gate.opened == 2  # re-joined after the E2A reboot
         ups = [ssid for ssid, up in world.connections if up]
         assert ups[:3] == [ITEAD, "HomeNet", "FinalStage"]
-        assert ups[-1] == "HomeNet"
+        tasmota = world.sonoff.tasmota
+        assert tasmota is not None
+        assert ups[-2:] == [tasmota.ap_ssid, "HomeNet"]
+        assert world.tasmota_gate.opened == 1
+        assert tasmota.config.ssid1 == "HomeNet"  # configured by HA over the hop
         assert world.nm.wifi_ssid() == "HomeNet"  # restored at the end
         assert world.nm.checkpoints == {}
         assert not [p for p in world.nm.settings.values() if p.conn_id.startswith("sonoff-ota")]

@@ -54,7 +54,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
         await run.release_flash()
         wifi = WifiSettings(entry.data[CONF_SSID], entry.data[CONF_WIFI_PASSWORD])
         identity = EwelinkIdentity(deviceid=run.target.deviceid, model=run.target.model)
-        outcome = await HandoffRun(hass, run.tracker, wifi, identity, run.target.host).run()
+        outcome = await HandoffRun(
+            hass, run.tracker, wifi, identity, device_ip=run.target.host
+        ).run()
         return outcome.mac
 
     flashes.after_flash = hand_over

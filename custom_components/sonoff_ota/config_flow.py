@@ -87,7 +87,13 @@ CONF_TASMOTA_MAC = "tasmota_mac"
 CONF_FLASH_NOW = "flash_now"
 CONF_CONFIRM_WIFI_ONLY = "confirm_wifi_only"
 WIFI_HOP_STAGES = frozenset(
-    {Stage.WAIT_SETUP_AP, Stage.WAIT_DISPATCH, Stage.WAIT_FINALSTAGE, Stage.FINALSTAGE}
+    {
+        Stage.WAIT_SETUP_AP,
+        Stage.WAIT_DISPATCH,
+        Stage.WAIT_FINALSTAGE,
+        Stage.FINALSTAGE,
+        Stage.TASMOTA_AP,
+    }
 )
 """Stages whose text tells the user to change networks; `<stage>_wifi_hop` when HA hops."""
 
@@ -551,6 +557,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                         sta_mac=run.tracker.details.get("sta_mac"),
                     ),
                     device_ip=run.target.host if isinstance(run, DiyRun) else None,
+                    ap_hop=run.host_wifi if isinstance(run, SetupModeRun) else None,
                 )
             self._outcome = await self._handoff.run()
         except StageTimeoutError:

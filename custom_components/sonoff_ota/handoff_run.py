@@ -22,6 +22,7 @@ from .proto.tasmota_handoff import (
     EwelinkIdentity,
     HandoffResult,
     HandoffTimeouts,
+    TasmotaApHop,
     TasmotaHandoff,
     WifiSettings as TasmotaWifi,
 )
@@ -72,9 +73,16 @@ class HandoffRun:
         tracker: FlashTracker,
         wifi: WifiSettings,
         identity: EwelinkIdentity,
+        *,
         device_ip: str | None = None,
+        ap_hop: TasmotaApHop | None = None,
     ) -> None:
-        """Prepare; nothing happens until `run()`."""
+        """Prepare; nothing happens until `run()`.
+
+        `ap_hop`: the setup-mode Wi-Fi hop, when HA moves its own Wi-Fi: it then joins
+        Tasmota's access point itself instead of asking for a phone.
+        """
+        self._ap_hop = ap_hop
         self.hass = hass
         self.tracker = tracker
         self._wifi = wifi
@@ -104,6 +112,7 @@ class HandoffRun:
                 ap_url=settings.tasmota_ap_url,
                 timeouts=timeouts,
                 known_macs=_known_tasmota_macs(self.hass),
+                ap_hop=self._ap_hop,
             )
             self.result = await handoff.run()
         return await self._link(self.result)

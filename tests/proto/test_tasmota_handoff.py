@@ -14,6 +14,7 @@ from dataclasses import replace
 import gzip
 import json
 from pathlib import Path
+import re
 from typing import Any
 
 import aiohttp
@@ -465,3 +466,48 @@ async def test_online_without_discovery_is_discovery_blocked(
     with pytest.raises(HandoffError) as caught:
         await run_with_feed(session, tracker(), acl_blocks, device=EwelinkIdentity(sta_mac=MAC))
     assert caught.value.code is HandoffErrorCode.DISCOVERY_BLOCKED
+
+
+class RecordingHop:
+    """A stand-in for the host Wi-Fi hop (no radio here): records calls, can fail."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.patterns: list[re.Pattern[str]] = []
+        self.restores = 0
+
+    async def join_tasmota_ap(self, pattern: re.Pattern[str], timeout: float) -> str:  # noqa: ASYNC109
+        self.patterns.append(pattern)
+        if self.error is not None:
+            raise self.error
+        return "tasmota_3D5E26-7718"
+
+    async def restore(self) -> None:
+        self.restores += 1
+
+
+async def test_failed_ap_hop_falls_back_to_the_phone_link(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The host could not join Tasmota's AP: the phone path runs as without a hop.
+
+    The hop is a stand-in (no Wi-Fi radio here); the real one is exercised against the
+    fake NetworkManager in tests/test_wifi_hop_flow.py.
+    """
+    hop = RecordingHop(TimeoutError("no tasmota_ AP in range"))
+    flash = tracker()
+    links: list[str] = []
+    flash.add_listener(
+        lambda t: (
+            links.append(t.details[DETAIL_PHONE_LINK]) if DETAIL_PHONE_LINK in t.details else None
+        )
+    )
+    with pytest.raises(HandoffError) as caught:
+        await run_with_feed(session, flash, device=EwelinkIdentity(sta_mac=MAC), ap_hop=hop)
+    assert caught.value.code is HandoffErrorCode.TASMOTA_NOT_FOUND
+    assert links, "the phone link is shown when the hop fails"
+    (pattern,) = hop.patterns
+    assert pattern.match("tasmota_3D5E26-7718")
+    assert pattern.match("tasmota-3d5e26-7718")
+    assert not pattern.match("tasmota_62E43F-1087"), "only this device's AP"
+    assert hop.restores >= 1, "the home network is always put back"

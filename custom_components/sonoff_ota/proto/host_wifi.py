@@ -50,6 +50,9 @@ ITEAD_ADDRESS: Final = IPv4Interface("10.10.7.2/24")
 FINALSTAGE_SSID: Final = "FinalStage"
 FINALSTAGE_ADDRESS: Final = IPv4Interface("192.168.4.2/24")
 """FinalStage fetches from 192.168.4.2:8080, compiled into the image (setup-mode-ota.md §7)."""
+TASMOTA_AP_ADDRESS: Final = IPv4Interface("192.168.4.2/24")
+"""Tasmota's Wi-Fi manager AP is 192.168.4.1 and takes one client (diy §3.1, §6 item 10):
+a static .2 cannot clash with another client. [design, unverified on a device]"""
 HOP_NETWORKS: Final = (ITEAD_ADDRESS.network, FINALSTAGE_ADDRESS.network)
 """If the home LAN uses one of these, traffic to the ESP would leave via eth0 (spec §1.4)."""
 DEFAULT_JOIN_TIMEOUT: Final = 45.0
@@ -152,6 +155,16 @@ def finalstage_target(
     return HopTarget(
         ssid=FINALSTAGE_SSID, address=address, timeout=timeout, reactivate_on_reappear=True
     )
+
+
+def tasmota_ap_target(
+    ssid: str,
+    *,
+    address: IPv4Interface = TASMOTA_AP_ADDRESS,
+    timeout: float = DEFAULT_JOIN_TIMEOUT,
+) -> HopTarget:
+    """Tasmota's first-boot AP (`tasmota_XXXXXX-NNNN`, open), host at 192.168.4.2/24."""
+    return HopTarget(ssid=ssid, address=address, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)

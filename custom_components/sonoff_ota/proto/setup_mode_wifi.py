@@ -32,6 +32,7 @@ from .host_wifi import (
     WifiHop,
     finalstage_target,
     setup_ap_target,
+    tasmota_ap_target,
 )
 from .setup_mode_flasher import SetupModeError, StageTimeoutError
 
@@ -158,6 +159,16 @@ class SetupModeWifi:
             return  # joined, or the hop re-joins by itself while it flaps
         await self._find(FINALSTAGE_SSID_RE, FINALSTAGE_SSID, timeout, Stage.WAIT_FINALSTAGE)
         await self._join(finalstage_target(timeout=self._join_timeout))
+
+    async def join_tasmota_ap(self, pattern: re.Pattern[str], timeout: float) -> str:  # noqa: ASYNC109
+        """Find Tasmota's first-boot AP (`pattern`) within `timeout` and join it; its SSID.
+
+        Raises `StageTimeoutError`/`SetupModeError` like the other hops; the hand-off
+        then falls back to the phone link.
+        """
+        ssid = await self._find(pattern, "tasmota_…", timeout, Stage.TASMOTA_AP)
+        await self._join(tasmota_ap_target(ssid, timeout=self._join_timeout))
+        return ssid
 
     async def go_home(self) -> RestoreResult:
         """Back to the network the host was on before (restore); never raises."""

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 import enum
 import logging
 import re
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 
 from .flash_stages import FlashTracker, Stage
 from .tasmota_client import ExpectedSettings, TasmotaClient, TasmotaError, TasmotaErrorCode
 from .tasmota_discovery import (
+    AP_SSID_RE,
     DEFAULT_DISCOVERY_PREFIX,
     InvalidMacError,
     TasmotaDevice,
@@ -348,6 +349,18 @@ def _reply_mismatches(commands: Iterable[str], reply: dict[str, Any]) -> list[st
     return bad
 
 
+class TasmotaApHop(Protocol):
+    """Moves the host onto Tasmota's first-boot AP and back (setup_mode_wifi.SetupModeWifi)."""
+
+    async def join_tasmota_ap(self, pattern: re.Pattern[str], timeout: float) -> str:  # noqa: ASYNC109
+        """Find and join the AP matching `pattern`; return its SSID (raises on failure)."""
+        ...
+
+    async def restore(self) -> object:
+        """Back to the home network (idempotent, never raises)."""
+        ...
+
+
 class TasmotaHandoff:
     """Drive TASMOTA_AP → CONFIGURING → WAIT_DISCOVERY; `await handoff.run()`.
 
@@ -369,12 +382,16 @@ class TasmotaHandoff:
         timeouts: HandoffTimeouts | None = None,
         known_macs: Iterable[str] = (),
         web_password: str | None = None,
+        ap_hop: TasmotaApHop | None = None,
     ) -> None:
         """`feed` must already be subscribed (retained messages mark devices that exist).
 
         `known_macs`: Tasmota devices HA already has (never taken as "the new one").
         `web_password`: only for a device that already has one (not after a fresh flash).
+        `ap_hop`: moves this host onto the device's AP (and back) where HA can move its
+        Wi-Fi; without it, or when it fails, the AP is probed as is / the phone link shown.
         """
+        self._ap_hop = ap_hop
         self._session = session
         self._tracker = tracker
         self._feed = feed
@@ -459,6 +476,38 @@ class TasmotaHandoff:
         ssid = predicted_ap_ssid(self._mac) if self._mac else SSID_PATTERN
         self._tracker.advance(Stage.TASMOTA_AP, **{DETAIL_SSID: ssid})
         ap_deadline = loop.time() + self._timeouts.ap_window
+        try:
+            await self._join_ap(ap_deadline - loop.time())
+            return await self._run_on_ap(ap_deadline)
+        finally:
+            await self._leave_ap()
+
+    async def _join_ap(self, within: float) -> None:
+        """Move the host onto the AP when it can; any failure leaves the phone path."""
+        if self._ap_hop is None:
+            return
+        if self._mac:
+            low = re.escape(self._mac[6:])
+            pattern = re.compile(rf"^tasmota[-_]{low}-\d{{4}}$", re.IGNORECASE)
+        else:
+            pattern = AP_SSID_RE
+        try:
+            joined = await self._ap_hop.join_tasmota_ap(pattern, within)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            _LOGGER.warning("Could not join Tasmota's access point (%s); phone link instead", err)
+            await self._leave_ap()
+            return
+        self._tracker.update(None, **{DETAIL_SSID: joined})
+
+    async def _leave_ap(self) -> None:
+        """Back home before waiting for MQTT (the device and the broker are there)."""
+        if self._ap_hop is not None:
+            await self._ap_hop.restore()
+
+    async def _run_on_ap(self, ap_deadline: float) -> HandoffResult:
+        loop = asyncio.get_running_loop()
         probe = asyncio.create_task(self._probe_ap(ap_deadline), name="tasmota-handoff-probe")
         probe.add_done_callback(lambda _: self._changed.set())
         link_at = loop.time() + self._timeouts.phone_link_delay
@@ -471,6 +520,7 @@ class TasmotaHandoff:
                     self._tracker.advance(
                         Stage.WAIT_DISCOVERY, **{DETAIL_CONFIGURED_BY: str(ConfiguredBy.PHONE)}
                     )
+                    await self._leave_ap()
                     return await self._finish(found)
                 now = loop.time()
                 if now >= link_at and DETAIL_PHONE_LINK not in self._tracker.details:
@@ -489,6 +539,7 @@ class TasmotaHandoff:
             self._tracker.details.pop(DETAIL_PHONE_LINK, None)
         else:
             self._show_phone_link()  # also when the delay was longer than the window
+        await self._leave_ap()
         self._tracker.advance(
             Stage.WAIT_DISCOVERY, **{DETAIL_CONFIGURED_BY: str(self._configured_by)}
         )
