@@ -88,6 +88,8 @@ def install_settings(hass: HomeAssistant, firmware: Firmware, **overrides: objec
         "device_broker_host": LOOPBACK,
         "pacing_scale": 0.02,
         "serve_from_ha": False,
+        # Never probe the real system D-Bus / Supervisor: hop tests bring their own fakes.
+        "wifi_hop": "manual",
         "firmware": firmware.settings(),
         "timeouts": Timeouts(
             setup_ap=5,
