@@ -62,6 +62,9 @@ const SETUP_MODE_OPTION = text(EN.config.step.path.menu_options.setup_mode);
 const DIY_OPTION = text(EN.config.step.path.menu_options.diy_manual);
 const SETUP_MODE_TITLE = text(EN.config.step.setup_mode.title, 'Setup mode: where the device calls back');
 const CALLBACK_HOST_LABEL = text(EN.config.step.setup_mode.data.callback_host);
+const FIRMWARE_SECTION = text(EN.config.step.setup_mode.sections.firmware.name, 'Firmware (optional)');
+const TASMOTA_VERSION_LABEL = text(EN.config.step.setup_mode.sections.firmware.data.tasmota_version);
+const FIRMWARE_FILE_LABEL = text(EN.config.step.setup_mode.sections.firmware.data.firmware_file);
 const DIY_MANUAL_TITLE = text(EN.config.step.diy_manual.title, "DIY mode: the device's address");
 const HOST_LABEL = text(EN.config.step.diy_manual.data.host);
 const PORT_LABEL = text(EN.config.step.diy_manual.data.port);
@@ -182,6 +185,17 @@ export const STEPS = [
       });
       if (!values.includes('127.0.0.1')) throw new Error('the callback address field does not show 127.0.0.1 (the demo YAML sets it)');
       await screenshot('setup-mode-address');
+    },
+  },
+  {
+    name: 'setup mode: the collapsed firmware section offers a release, a URL or a file',
+    run: async ({ state, screenshot }) => {
+      await expectText(state.flow, FIRMWARE_SECTION);
+      await state.flow.getByText(FIRMWARE_SECTION, { exact: true }).first().click();
+      await expectText(state.flow, TASMOTA_VERSION_LABEL, { exact: false });
+      await expectText(state.flow, FIRMWARE_FILE_LABEL, { exact: false });
+      await screenshot('setup-mode-firmware');
+      // left empty: the newest Tasmota lite that fits is flashed
     },
   },
   {
