@@ -95,8 +95,16 @@ async def test_install_flashes_the_device_and_hands_it_over(
         unsubscribe = async_track_state_change_event(hass, [entity_id], record_state)
         try:
             # The discovery flow still waits at its confirm form, holding the device:
-            # pressing install answers it.
-            await install(hass, entity_id)
+            # pressing install answers it. The frontend's Update button sends the
+            # latest version's label as `version`.
+            state = hass.states.get(entity_id)
+            assert state is not None
+            await hass.services.async_call(
+                "update",
+                "install",
+                {ATTR_ENTITY_ID: entity_id, "version": state.attributes[ATTR_LATEST_VERSION]},
+                blocking=True,
+            )
         finally:
             unsubscribe()
         await dash.device.wait_for_stage(DiyStage.TASMOTA, 10)

@@ -318,7 +318,9 @@ async def async_wait_for_ha_device(hass: HomeAssistant, mac: str, within: float)
             return registry.async_get_device(connections=connections)
         devices: list[dr.DeviceEntry] = get_devices(connections=connections)
         tasmota = {entry.entry_id for entry in hass.config_entries.async_entries(TASMOTA_DOMAIN)}
-        owned = [device for device in devices if tasmota & device.config_entries]
+        # Where async_get_devices exists, a device has one entry (`config_entry_id`);
+        # `config_entries` is deprecated there.
+        owned = [device for device in devices if _entry_id(device) in tasmota]
         candidates = owned or devices
         return candidates[0] if candidates else None
 
@@ -337,3 +339,11 @@ async def async_wait_for_ha_device(hass: HomeAssistant, mac: str, within: float)
                 await changed.wait()
     finally:
         unsubscribe()
+
+
+def _entry_id(device: dr.DeviceEntry) -> str | None:
+    """The config entry a device belongs to (HA 2026.x: one; older: the first of a set)."""
+    entry_id: str | None = getattr(device, "config_entry_id", None)
+    if entry_id is not None:
+        return entry_id
+    return next(iter(device.config_entries), None)

@@ -99,7 +99,8 @@ class FirmwareUpdate(SonoffDeviceEntity, UpdateEntity):
     async def async_install(self, version: str | None, backup: bool, **kwargs: Any) -> None:
         """Flash Tasmota (raises `HomeAssistantError` with the translated reason)."""
         firmware = FirmwareChoice()
-        if version:
+        # The frontend's Update button sends `latest_version` ("Tasmota (lite)").
+        if version and version not in {TASMOTA_LABEL, SYNTHETIC_LABEL}:
             try:
                 firmware = FirmwareChoice.for_version(version)
             except ValueError as err:
