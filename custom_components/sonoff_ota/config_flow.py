@@ -745,6 +745,13 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
                 "device_path": f"/config/devices/device/{outcome.device_id}" if outcome else "",
             }
         placeholders = self._finish_placeholders
+        # The frontend's list of flows in progress formats this step's title (and text)
+        # with the context's title placeholders: give it the same values.
+        self.context["title_placeholders"] = {
+            "name": placeholders["device_name"],  # flow_title, unless discovery named it
+            **self.context.get("title_placeholders", {}),
+            **placeholders,
+        }
         if user_input is None:
             return self.async_show_form(
                 step_id="finish", description_placeholders=placeholders, last_step=True
