@@ -103,6 +103,7 @@ async def start_flow(hass: HomeAssistant) -> dict[str, Any]:
     )
     assert result["type"] is FlowResultType.FORM
     assert result["step_id"] == "setup_mode"
+    assert result["description_placeholders"]["wifi_plan"].startswith("you move this host")
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], {"callback_host": LOOPBACK}
     )

@@ -286,6 +286,9 @@ async def test_flash_with_automatic_wifi_hops(
         assert form["type"] is FlowResultType.FORM
         assert form["description_placeholders"]["wifi_backend"] == "networkmanager"
         assert form["description_placeholders"]["wifi_interface"] == "wlan0"
+        assert form["description_placeholders"]["wifi_plan"] == (
+            "this host joins the device's networks by itself through NetworkManager on wlan0."
+        )
         assert "confirm_wifi_only" not in str(form["data_schema"].schema)
         result = await hass.config_entries.flow.async_configure(
             form["flow_id"], {"callback_host": LOOPBACK}

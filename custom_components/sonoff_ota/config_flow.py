@@ -200,6 +200,9 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             )
         placeholders["wifi_backend"] = str(plan.backend)
         placeholders["wifi_interface"] = plan.interface or "?"
+        placeholders["wifi_plan"] = await self._async_wifi_plan_text(
+            str(plan.backend), plan.interface
+        )
         if user_input is not None and plan.carries_lan and not confirmed:
             errors[CONF_CONFIRM_WIFI_ONLY] = str(HopErrorCode.NEEDS_CONFIRMATION)
         if user_input is not None and not errors:
@@ -246,6 +249,16 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             errors=errors,
             description_placeholders=placeholders,
         )
+
+    async def _async_wifi_plan_text(self, backend: str, interface: str | None) -> str:
+        """Who moves the host's Wi-Fi, as one sentence in HA's language."""
+        texts = await async_get_translations(
+            self.hass, self.hass.config.language, "selector", {DOMAIN}
+        )
+        template = texts.get(f"component.{DOMAIN}.selector.wifi_plan.options.{backend}")
+        if template is None:
+            return backend
+        return template.replace("{interface}", interface or "Wi-Fi")
 
     # -- DIY mode ----------------------------------------------------------------------------
 
