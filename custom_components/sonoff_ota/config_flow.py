@@ -126,7 +126,8 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         self._firmware_error: tuple[str, dict[str, str]] | None = None
         self._firmware_checked = False
         self._notice: tuple[str, dict[str, str]] | None = None
-        self._hop_texts: dict[str, str] = {}
+        self._selector_texts: dict[str, str] = {}
+        """Our `selector.*` strings in HA's language (sentences built at run time)."""
 
     # -- Wi-Fi and path ----------------------------------------------------------------------
 
@@ -250,11 +251,17 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             description_placeholders=placeholders,
         )
 
+    async def _async_selector_texts(self) -> dict[str, str]:
+        """Load our `selector.*` strings in HA's language once per flow."""
+        if not self._selector_texts:
+            self._selector_texts = await async_get_translations(
+                self.hass, self.hass.config.language, "selector", {DOMAIN}
+            )
+        return self._selector_texts
+
     async def _async_wifi_plan_text(self, backend: str, interface: str | None) -> str:
         """Who moves the host's Wi-Fi, as one sentence in HA's language."""
-        texts = await async_get_translations(
-            self.hass, self.hass.config.language, "selector", {DOMAIN}
-        )
+        texts = await self._async_selector_texts()
         template = texts.get(f"component.{DOMAIN}.selector.wifi_plan.options.{backend}")
         if template is None:
             return backend
@@ -476,10 +483,8 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         run = self._run
         assert run is not None
         if self._task is None:
-            if isinstance(run, SetupModeRun) and run.host_wifi is not None and not self._hop_texts:
-                self._hop_texts = await async_get_translations(
-                    self.hass, self.hass.config.language, "selector", {DOMAIN}
-                )
+            if isinstance(run, SetupModeRun) and run.host_wifi is not None:
+                await self._async_selector_texts()  # the hop status is rendered from them
             if self._remove_listener is None:
                 self._remove_listener = run.tracker.add_listener(self._on_tracker_change)
             self._task = self.hass.async_create_task(
@@ -698,7 +703,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
         """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
         state = details.get(DETAIL_STATE)
         key = f"component.{DOMAIN}.selector.{DETAIL}.options.{state}"
-        template = self._hop_texts.get(key) if state else None
+        template = self._selector_texts.get(key) if state else None
         if template is None:
             return details.get(DETAIL, "")
         values = {
