@@ -259,13 +259,24 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             )
         return self._selector_texts
 
+    def _selector_text(
+        self, selector: str, option: str | None, values: dict[str, str]
+    ) -> str | None:
+        """One loaded `selector.<selector>.options.<option>` string, filled; None if absent."""
+        key = f"component.{DOMAIN}.selector.{selector}.options.{option}"
+        template = self._selector_texts.get(key) if option else None
+        if template is None:
+            return None
+        try:
+            return template.format_map(values)
+        except (KeyError, IndexError, ValueError):
+            return None
+
     async def _async_wifi_plan_text(self, backend: str, interface: str | None) -> str:
         """Who moves the host's Wi-Fi, as one sentence in HA's language."""
-        texts = await self._async_selector_texts()
-        template = texts.get(f"component.{DOMAIN}.selector.wifi_plan.options.{backend}")
-        if template is None:
-            return backend
-        return template.replace("{interface}", interface or "Wi-Fi")
+        await self._async_selector_texts()
+        text = self._selector_text("wifi_plan", backend, {"interface": interface or "Wi-Fi"})
+        return text or backend
 
     # -- DIY mode ----------------------------------------------------------------------------
 
@@ -701,21 +712,14 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
 
     def _wifi_hop_text(self, details: dict[str, str]) -> str:
         """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
-        state = details.get(DETAIL_STATE)
-        key = f"component.{DOMAIN}.selector.{DETAIL}.options.{state}"
-        template = self._selector_texts.get(key) if state else None
-        if template is None:
-            return details.get(DETAIL, "")
         values = {
             "ssid": details.get(DETAIL_SSID, ""),
             "interface": details.get(DETAIL_INTERFACE, ""),
             "address": details.get(DETAIL_ADDRESS, ""),
             "error": details.get(DETAIL_ERROR, ""),
         }
-        try:
-            return template.format_map(values)
-        except (KeyError, IndexError, ValueError):
-            return details.get(DETAIL, "")
+        text = self._selector_text(DETAIL, details.get(DETAIL_STATE), values)
+        return text if text is not None else details.get(DETAIL, "")
 
     async def async_step_stage_timeout(
         self, user_input: dict[str, Any] | None = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 import logging
-from pathlib import Path
 from typing import Any
 
 from homeassistant.components.file_upload import process_uploaded_file
@@ -128,7 +127,7 @@ def _read_upload(hass: HomeAssistant, file_id: str) -> tuple[bytes | None, str, 
     """(bytes or None when too large, file name, size); runs in the executor."""
     with process_uploaded_file(hass, file_id) as path:
         size = path.stat().st_size
-        name = Path(path).name
+        name = path.name
         if size > MAX_DOWNLOAD_BYTES:
             return None, name, size
         return path.read_bytes(), name, size

@@ -67,6 +67,17 @@ def predicted_ap_ssid(mac: str) -> str:
     return f"{default_topic(mac)}-{low & _HOSTNAME_SUFFIX_MASK:04d}"
 
 
+def ap_ssid_pattern(mac: str | None) -> re.Pattern[str]:
+    """The SSID pattern a Wi-Fi scan looks for: this MAC's AP, or any Tasmota AP.
+
+    With a MAC, either separator and any case of the hex match (builds differ).
+    """
+    if not mac:
+        return AP_SSID_RE
+    low = re.escape(tasmota_mac(mac)[6:])
+    return re.compile(rf"^tasmota[-_]{low}-\d{{4}}$", re.IGNORECASE)
+
+
 def is_tasmota_ap_ssid(ssid: str) -> bool:
     """True for `tasmota_XXXXXX-NNNN` / `tasmota-XXXXXX-NNNN`."""
     return AP_SSID_RE.match(ssid) is not None

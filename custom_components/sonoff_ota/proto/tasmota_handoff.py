@@ -40,12 +40,12 @@ import aiohttp
 from .flash_stages import FlashTracker, Stage
 from .tasmota_client import ExpectedSettings, TasmotaClient, TasmotaError, TasmotaErrorCode
 from .tasmota_discovery import (
-    AP_SSID_RE,
     DEFAULT_DISCOVERY_PREFIX,
     InvalidMacError,
     TasmotaDevice,
     TasmotaDiscoveryError,
     TasmotaRemoved,
+    ap_ssid_pattern,
     default_topic,
     parse_discovery,
     predicted_ap_ssid,
@@ -486,13 +486,8 @@ class TasmotaHandoff:
         """Move the host onto the AP when it can; any failure leaves the phone path."""
         if self._ap_hop is None:
             return
-        if self._mac:
-            low = re.escape(self._mac[6:])
-            pattern = re.compile(rf"^tasmota[-_]{low}-\d{{4}}$", re.IGNORECASE)
-        else:
-            pattern = AP_SSID_RE
         try:
-            joined = await self._ap_hop.join_tasmota_ap(pattern, within)
+            joined = await self._ap_hop.join_tasmota_ap(ap_ssid_pattern(self._mac), within)
         except asyncio.CancelledError:
             raise
         except Exception as err:
