@@ -56,7 +56,7 @@ from .proto.firmware_store import FirmwareChoice, FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi import HopError, HopErrorCode
 from .proto.setup_ap import SetupApError
-from .proto.setup_mode_flasher import SetupModeError, StageTimeoutError
+from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
 from .proto.setup_mode_wifi import (
     DETAIL,
     DETAIL_ADDRESS,

@@ -34,7 +34,7 @@ from .host_wifi import (
     setup_ap_target,
     tasmota_ap_target,
 )
-from .setup_mode_flasher import SetupModeError, StageTimeoutError
+from .setup_mode_errors import SetupModeError, StageTimeoutError
 
 _LOGGER = logging.getLogger(__name__)
 
