@@ -133,7 +133,9 @@ def test_proto_imports_no_home_assistant() -> None:
     for name, info in graph.items():
         if name != proto and not name.startswith(f"{proto}."):
             continue
-        bad = {t for t in info["external"] if t == "homeassistant" or t.startswith("homeassistant.")}
+        bad = {
+            t for t in info["external"] if t == "homeassistant" or t.startswith("homeassistant.")
+        }
         # The HA layer imports homeassistant, so importing it from proto does too.
         bad |= {t for t in info["internal"] if t != proto and not t.startswith(f"{proto}.")}
         if bad:
@@ -169,7 +171,9 @@ def test_graph_sees_local_type_checking_and_relative_imports(tmp_path: Path) -> 
     assert graph["pkg.proto.c"]["internal"] == {"pkg.proto", "pkg.proto.a"}
     assert graph["pkg.proto.d"]["internal"] == {"pkg.layer"}
     assert "homeassistant.core" in graph["pkg.proto.d"]["external"]
-    assert find_cycles(_internal(graph)) == [["pkg.proto.a", "pkg.proto.b", "pkg.proto.c", "pkg.proto.a"]]
+    assert find_cycles(_internal(graph)) == [
+        ["pkg.proto.a", "pkg.proto.b", "pkg.proto.c", "pkg.proto.a"]
+    ]
 
 
 def test_acyclic_graph_has_no_cycles() -> None:
