@@ -1,4 +1,4 @@
-"""Backend selection: NetworkManager, else the Supervisor, else the manual hop.
+"""Backend choice: by setting, or NetworkManager, else the Supervisor, else the manual hop.
 
 No radio exists here: the backends are selected against a fake NetworkManager on a private
 dbus-daemon and a fake Supervisor on 127.0.0.1.
@@ -12,11 +12,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.host_wifi_choice import select_backend
+from custom_components.sonoff_ota.proto.host_wifi_choice import (
+    create_hop,
+    prepare_hop,
+    select_backend,
+)
 from custom_components.sonoff_ota.proto.host_wifi_manual import ManualHop
 from custom_components.sonoff_ota.proto.host_wifi_nm import NmWifiHop
 from custom_components.sonoff_ota.proto.host_wifi_supervisor import SupervisorWifiHop
-from custom_components.sonoff_ota.proto.host_wifi_types import HopBackend
+from custom_components.sonoff_ota.proto.host_wifi_types import HopBackend, HopError, HopErrorCode
 
 from .fake_networkmanager import (
     BusConfig,
@@ -89,3 +93,55 @@ async def test_select_manual_without_anything(tmp_path: Path, socket_enabled: No
             manual_factory=lambda: custom,
         )
     assert hop is custom
+
+
+def _no_session() -> aiohttp.ClientSession:
+    raise AssertionError("the session is needed only when the Supervisor may be used")
+
+
+async def test_create_hop_by_setting() -> None:
+    """Each `wifi_hop` setting builds its backend; nothing is contacted (no radio)."""
+    assert isinstance(await create_hop("manual", session=_no_session), ManualHop)
+    nm = await create_hop("networkmanager", session=_no_session, interface="wlan1")
+    assert isinstance(nm, NmWifiHop)
+    assert "wlan1" in repr(nm)
+    async with aiohttp.ClientSession() as session:
+        sup = await create_hop(
+            "supervisor",
+            session=lambda: session,
+            environ={"SUPERVISOR": "127.0.0.1:9", "SUPERVISOR_TOKEN": "tok"},
+        )
+        assert isinstance(sup, SupervisorWifiHop)
+        assert "http://127.0.0.1:9" in repr(sup)
+        assert "tok" not in repr(sup)
+        with pytest.raises(HopError) as err:
+            await create_hop("supervisor", session=lambda: session, environ={})
+        assert err.value.code is HopErrorCode.BACKEND_UNAVAILABLE
+
+
+async def test_prepare_hop_auto_falls_back_to_manual(config: BusConfig) -> None:
+    """`auto`: NM has no such Wi-Fi device, so the user hops; a named backend refuses instead.
+
+    Fake NM on a private bus, no radio.
+    """
+    async with (
+        running_fake_nm(config, FakeNetworkManager()) as env,
+        aiohttp.ClientSession() as session,
+    ):
+        hop, plan = await prepare_hop(
+            "auto",
+            session=lambda: session,
+            nm_bus_address=env.address,
+            interface="wlan9",
+            environ={},
+        )
+        assert isinstance(hop, ManualHop)
+        assert plan.backend is HopBackend.MANUAL
+        with pytest.raises(HopError) as err:
+            await prepare_hop(
+                "networkmanager",
+                session=_no_session,
+                nm_bus_address=env.address,
+                interface="wlan9",
+            )
+        assert err.value.code is HopErrorCode.NO_WIFI_INTERFACE
