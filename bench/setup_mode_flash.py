@@ -27,8 +27,8 @@ from custom_components.sonoff_ota.listeners import PrivateListener
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker
 from custom_components.sonoff_ota.proto.image_server import ImageServer
 from custom_components.sonoff_ota.proto.setup_ap import SetupApClient
+from custom_components.sonoff_ota.proto.setup_mode_errors import SetupModeError
 from custom_components.sonoff_ota.proto.setup_mode_flasher import (
-    SetupModeError,
     SetupModeFlasher,
     SetupModeImages,
     SetupModeJob,

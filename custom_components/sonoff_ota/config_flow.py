@@ -54,9 +54,9 @@ from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_image import ImageRole
 from .proto.firmware_store import FirmwareChoice, FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
-from .proto.host_wifi import HopError, HopErrorCode
+from .proto.host_wifi_types import HopError, HopErrorCode
 from .proto.setup_ap import SetupApError
-from .proto.setup_mode_flasher import SetupModeError, StageTimeoutError
+from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
 from .proto.setup_mode_wifi import (
     DETAIL,
     DETAIL_ADDRESS,

@@ -1,80 +1,23 @@
-"""Which backend moves this host's Wi-Fi during a setup-mode flash, chosen inside HA.
+"""The host's Wi-Fi hop for a setup-mode flash, from this entry's settings inside HA.
 
-`Settings.wifi_hop` picks it: `auto` = NetworkManager over the system D-Bus when reachable,
-else the Supervisor when `SUPERVISOR`/`SUPERVISOR_TOKEN` are set (through HA's shared aiohttp
-session), else manual (the user hops; the progress texts tell them). Facts:
-shared/spec/host-wifi-hopping.md §0 (bottom line), §1.7 (Supervisor from HA), §2.1 (D-Bus).
+`Settings.wifi_hop` names the backend (`auto` | `networkmanager` | `supervisor` | `manual`);
+`proto.host_wifi_choice` builds it, with HA's shared aiohttp session for the Supervisor.
+Facts: shared/spec/host-wifi-hopping.md §0 (bottom line), §1.7 (Supervisor from HA), §2.1
+(D-Bus).
 """
 
 from __future__ import annotations
 
-import os
+import functools
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
-from .proto.host_wifi import (
-    HopBackend,
-    HopError,
-    HopErrorCode,
-    HopPlan,
-    ManualHop,
-    WifiHop,
-    select_backend,
-)
-from .proto.host_wifi_nm import NmWifiHop
-from .proto.host_wifi_supervisor import SupervisorWifiHop
+from .proto.host_wifi_choice import prepare_hop
+from .proto.host_wifi_hop import WifiHop
+from .proto.host_wifi_types import HopPlan
 from .proto.wifi import WifiSettings
 from .settings import Settings
-
-_FALLBACK_TO_MANUAL = frozenset({HopErrorCode.BACKEND_UNAVAILABLE, HopErrorCode.NO_WIFI_INTERFACE})
-"""In `auto` mode these mean "this backend cannot hop here": the user does it."""
-
-
-async def async_create_hop(
-    hass: HomeAssistant,
-    settings: Settings,
-    *,
-    home_wifi: WifiSettings | None = None,
-    confirm_wifi_only: bool = False,
-) -> WifiHop:
-    """The hop `settings.wifi_hop` asks for (not prepared yet; nothing is changed)."""
-    home = (home_wifi.ssid, home_wifi.password) if home_wifi is not None else None
-    mode = settings.wifi_hop
-    if mode == HopBackend.MANUAL:
-        return ManualHop()
-    if mode == HopBackend.NETWORKMANAGER:
-        return NmWifiHop(
-            bus_address=settings.nm_bus_address,
-            interface=settings.wifi_interface,
-            confirm_wifi_only=confirm_wifi_only,
-        )
-    session = async_get_clientsession(hass)
-    if mode == HopBackend.SUPERVISOR:
-        url = settings.supervisor_url or (
-            f"http://{os.environ['SUPERVISOR']}" if os.environ.get("SUPERVISOR") else None
-        )
-        token = os.environ.get("SUPERVISOR_TOKEN")
-        if not url or not token:
-            raise HopError(
-                HopErrorCode.BACKEND_UNAVAILABLE, "no Supervisor (SUPERVISOR_TOKEN is not set)"
-            )
-        return SupervisorWifiHop(
-            session,
-            base_url=url,
-            token=token,
-            interface=settings.wifi_interface,
-            confirm_wifi_only=confirm_wifi_only,
-            home_wifi=home,
-        )
-    return await select_backend(
-        session=session,
-        nm_bus_address=settings.nm_bus_address,
-        supervisor_url=settings.supervisor_url,
-        interface=settings.wifi_interface,
-        confirm_wifi_only=confirm_wifi_only,
-        home_wifi=home,
-    )
 
 
 async def async_prepare_hop(
@@ -84,20 +27,17 @@ async def async_prepare_hop(
     home_wifi: WifiSettings | None = None,
     confirm_wifi_only: bool = False,
 ) -> tuple[WifiHop, HopPlan]:
-    """Create and `prepare()` the hop (safety checks; raises `HopError` to refuse).
+    """Create and `prepare()` the hop `settings.wifi_hop` asks for (raises `HopError`).
 
     In `auto` mode a backend that cannot hop on this host falls back to manual. The caller
     owns the returned hop: `restore_shielded()` it when done (it may hold a D-Bus connection).
     """
-    hop = await async_create_hop(
-        hass, settings, home_wifi=home_wifi, confirm_wifi_only=confirm_wifi_only
+    return await prepare_hop(
+        settings.wifi_hop,
+        session=functools.partial(async_get_clientsession, hass),
+        nm_bus_address=settings.nm_bus_address,
+        supervisor_url=settings.supervisor_url,
+        interface=settings.wifi_interface,
+        confirm_wifi_only=confirm_wifi_only,
+        home_wifi=(home_wifi.ssid, home_wifi.password) if home_wifi is not None else None,
     )
-    try:
-        plan = await hop.prepare()
-    except HopError as err:
-        await hop.restore_shielded()
-        if settings.wifi_hop != "auto" or err.code not in _FALLBACK_TO_MANUAL:
-            raise
-        hop = ManualHop()
-        plan = await hop.prepare()
-    return hop, plan

@@ -18,7 +18,8 @@ from .flash_server import FlashServer, async_get_flash_server
 from .listeners import PortInUseError, async_check_port_free
 from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
-from .proto.host_wifi import HopBackend, WifiHop
+from .proto.host_wifi_hop import WifiHop
+from .proto.host_wifi_types import HopBackend
 from .proto.setup_ap import DeviceInfo, SetupApClient
 from .proto.setup_mode_flasher import (
     SetupModeFlasher,

@@ -41,7 +41,7 @@ from dbus_fast.annotations import (
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 import pytest_socket  # type: ignore[import-untyped,unused-ignore]
 
-from custom_components.sonoff_ota.proto.host_wifi_nm import wait_for_bus_disconnect
+from custom_components.sonoff_ota.proto.host_wifi_nm_bus import wait_for_bus_disconnect
 
 LOOPBACK = "127.0.0.1"
 NM = "org.freedesktop.NetworkManager"

@@ -1,51 +1,29 @@
-"""Common hop interface: targets, safety checks, ManualHop, backend selection.
+"""Common hop interface: targets, safety checks, ManualHop.
 
-No radio exists here: the manual hop's "is the address there yet" probe is injected, and the
-backends are selected against a fake NetworkManager on a private dbus-daemon and a fake
-Supervisor on 127.0.0.1.
+No radio exists here: the manual hop's "is the address there yet" probe is injected.
+Backend selection is in test_host_wifi_choice.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from pathlib import Path
 
-import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.host_wifi import (
+from custom_components.sonoff_ota.proto.host_wifi_hop import check_lan_clash, check_wifi_only
+from custom_components.sonoff_ota.proto.host_wifi_manual import (
+    ManualHop,
+    ManualInstruction,
+    address_is_local,
+)
+from custom_components.sonoff_ota.proto.host_wifi_targets import finalstage_target, itead_target
+from custom_components.sonoff_ota.proto.host_wifi_types import (
     HopBackend,
     HopError,
     HopErrorCode,
     LinkEvent,
-    ManualHop,
-    ManualInstruction,
-    address_is_local,
-    check_lan_clash,
-    check_wifi_only,
-    finalstage_target,
-    itead_target,
-    select_backend,
 )
-from custom_components.sonoff_ota.proto.host_wifi_nm import NmWifiHop
-from custom_components.sonoff_ota.proto.host_wifi_supervisor import SupervisorWifiHop
-
-from .fake_networkmanager import (
-    BusConfig,
-    FakeNetworkManager,
-    bus_config,
-    running_fake_nm,
-    unix_sockets_allowed,
-)
-from .fake_supervisor import FakeSupervisor, running_supervisor
-
-
-@pytest.fixture
-def config(tmp_path: Path, socket_enabled: None) -> Iterator[BusConfig]:
-    with unix_sockets_allowed():
-        yield bus_config(tmp_path)
 
 
 def test_standard_targets() -> None:
@@ -170,60 +148,3 @@ async def test_address_probe_binds_locally(socket_enabled: None) -> None:
     """The default probe binds (no packet sent): 127.0.0.1 is local, TEST-NET-1 is not."""
     assert await address_is_local(IPv4Address("127.0.0.1"))
     assert not await address_is_local(IPv4Address("192.0.2.77"))
-
-
-async def test_select_networkmanager_when_reachable(config: BusConfig) -> None:
-    """A bus with NM on it wins over a configured Supervisor (fake NM, no radio)."""
-    async with (
-        running_fake_nm(config, FakeNetworkManager()) as env,
-        aiohttp.ClientSession() as session,
-    ):
-        hop = await select_backend(
-            session=session,
-            nm_bus_address=env.address,
-            environ={"SUPERVISOR": "127.0.0.1:9", "SUPERVISOR_TOKEN": "t"},
-        )
-        assert isinstance(hop, NmWifiHop)
-        async with hop:
-            plan = await hop.prepare()
-        assert plan.backend is HopBackend.NETWORKMANAGER
-
-
-async def test_select_supervisor_when_no_bus(tmp_path: Path, socket_enabled: None) -> None:
-    """No bus at the address: the Supervisor from the environment is used (fake Supervisor)."""
-    fake = FakeSupervisor(token="tok")
-    with unix_sockets_allowed():
-        async with running_supervisor(fake) as url, aiohttp.ClientSession() as session:
-            host = url.removeprefix("http://")
-            hop = await select_backend(
-                session=session,
-                nm_bus_address=f"unix:path={tmp_path}/no-bus",
-                environ={"SUPERVISOR": host, "SUPERVISOR_TOKEN": "tok"},
-            )
-            assert isinstance(hop, SupervisorWifiHop)
-            async with hop:
-                plan = await hop.prepare()
-            assert plan.backend is HopBackend.SUPERVISOR
-            assert plan.interface == "wlan0"
-
-
-async def test_select_nm_bus_without_nm_falls_back(config: BusConfig) -> None:
-    """A bus where nobody owns NM's name, no Supervisor: manual (no radio)."""
-    nm = FakeNetworkManager()
-    async with running_fake_nm(config, nm) as env:
-        await nm.detach()  # the bus stays, NM leaves it
-        hop = await select_backend(nm_bus_address=env.address, environ={})
-        assert isinstance(hop, ManualHop)
-        await nm.attach(env.address)
-
-
-async def test_select_manual_without_anything(tmp_path: Path, socket_enabled: None) -> None:
-    """Nothing reachable: ManualHop (from the factory when given)."""
-    with unix_sockets_allowed():
-        custom = ManualHop(poll_interval=0.5)
-        hop = await select_backend(
-            nm_bus_address=f"unix:path={tmp_path}/no-bus",
-            environ={},
-            manual_factory=lambda: custom,
-        )
-    assert hop is custom

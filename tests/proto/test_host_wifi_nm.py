@@ -19,14 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.host_wifi import (
-    HopError,
-    HopErrorCode,
-    LinkEvent,
-    finalstage_target,
-    itead_target,
-)
-from custom_components.sonoff_ota.proto.host_wifi_nm import NmWifiHop, failure_code
+from custom_components.sonoff_ota.proto.host_wifi_nm import NmWifiHop
+from custom_components.sonoff_ota.proto.host_wifi_nm_wire import failure_code
+from custom_components.sonoff_ota.proto.host_wifi_targets import finalstage_target, itead_target
+from custom_components.sonoff_ota.proto.host_wifi_types import HopError, HopErrorCode, LinkEvent
 
 from .fake_networkmanager import (
     BusConfig,

@@ -15,13 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.host_wifi import (
-    HopError,
-    HopErrorCode,
-    finalstage_target,
-    itead_target,
-)
 from custom_components.sonoff_ota.proto.host_wifi_supervisor import SupervisorWifiHop
+from custom_components.sonoff_ota.proto.host_wifi_targets import finalstage_target, itead_target
+from custom_components.sonoff_ota.proto.host_wifi_types import HopError, HopErrorCode
 
 from .fake_supervisor import FakeSupervisor, running_supervisor
 

@@ -2,4 +2,43 @@
 
 The Home Assistant side (config flow, views, entities) is a thin layer that
 drives these modules, the way `tasmota` sits on hatasmota.
+
+The modules, in the order a flash's data flows through them:
+
+What the user gives and what gets flashed
+- wifi: validation of the home Wi-Fi settings the device is given.
+- firmware_image: image roles, limits, pinned known images and validation (pure functions).
+- firmware_store: fetch, verify and cache images; choose the Tasmota image for a path.
+- flash_stages: the flash as a state machine (`Stage`, `FlashTracker`) every path reports to.
+
+Moving the host's Wi-Fi onto the device's access points (setup mode)
+- host_wifi_types: what every hop shares: error codes, backends, target, plan, outcomes.
+- host_wifi_targets: the APs a hop joins (ITEAD-…, FinalStage, Tasmota's) and our address there.
+- host_wifi_hop: `WifiHop`, the hop every backend is: lifecycle and safety checks.
+- host_wifi_nm_wire: NetworkManager's D-Bus names, numbers and the connection profile we add.
+- host_wifi_nm_bus: `NmBus`, the D-Bus client for NetworkManager (calls, signals, loss).
+- host_wifi_nm: `NmWifiHop`, hopping through NetworkManager (checkpoint, re-join, restore).
+- host_wifi_supervisor: `SupervisorWifiHop`, hopping through the Supervisor network API.
+- host_wifi_manual: `ManualHop`, the user hops by hand and we wait for the address.
+- host_wifi_choice: the one place that picks a backend (`auto` falls back to manual).
+
+Setup mode (the SonOTA method)
+- setup_ap: client for the ITEAD setup AP (stage 1: `/device`, then `/ap` with Wi-Fi and cloud).
+- legacy_tls: TLS for the fake cloud (self-signed certificate, context old firmware accepts).
+- fake_cloud: the fake eWeLink cloud (HTTPS dispatch, WebSocket, the upgrade offer).
+- image_server: the firmware download server of both paths, plus the DIY result callback.
+- setup_mode_errors: why a setup-mode flash stopped (`SetupModeError`, `StageTimeoutError`).
+- setup_mode_wifi: `SetupModeWifi`, the hops at the points a setup-mode flash needs them.
+- setup_mode_flasher: the setup-mode flash, stage by stage.
+
+DIY mode (eWeLink 3.x)
+- diy_discovery: the `_ewelink._tcp.local.` announcement and the DIY-flash eligibility check.
+- diy_client: client for the DIY REST API (`POST :8081/zeroconf/<path>`).
+- diy_flasher: the DIY-mode flash, stage by stage.
+
+Handing the flashed device to Home Assistant's Tasmota integration
+- tasmota_settings: what a fresh Tasmota is told: Wi-Fi, MQTT, names, hardware (pure).
+- tasmota_client: client for Tasmota's HTTP command API (`GET /cm?cmnd=...`).
+- tasmota_discovery: Tasmota's MQTT discovery message, MAC spellings, the Wi-Fi manager SSID.
+- tasmota_handoff: from Tasmota's first boot to its MQTT discovery, both paths' last step.
 """

@@ -25,8 +25,9 @@ from typing import Any, Final
 
 import aiohttp
 
-from .host_wifi import (
-    HOP_NETWORKS,
+from .host_wifi_hop import WifiHop
+from .host_wifi_targets import HOP_NETWORKS
+from .host_wifi_types import (
     HopBackend,
     HopError,
     HopErrorCode,
@@ -36,7 +37,6 @@ from .host_wifi import (
     LinkCallback,
     LinkEvent,
     RestoreResult,
-    WifiHop,
     parse_cidr,
 )
 

@@ -26,6 +26,7 @@ from .flash_stages import FlashTracker, Stage
 from .image_server import ImageEvent, ImageEventKind, ImageServer, ServedSet
 from .legacy_tls import TlsHandshakeObserver
 from .setup_ap import ApResult, DeviceInfo, SetupApClient, SetupApTimeoutError
+from .setup_mode_errors import SetupModeError, StageTimeoutError
 from .wifi import WifiSettings
 
 if TYPE_CHECKING:
@@ -40,23 +41,6 @@ FINAL_NAME: Final = "image_arduino.bin"
 
 
 _VERSION_RE: Final = re.compile(r"^(\d+)\.(\d+)")
-
-
-class SetupModeError(Exception):
-    """A setup-mode flash cannot go on; `code` is a translation key."""
-
-    def __init__(self, code: str, **placeholders: str) -> None:
-        super().__init__(code)
-        self.code = code
-        self.placeholders = placeholders
-
-
-class StageTimeoutError(SetupModeError):
-    """A waiting stage ran out of time; the stage can be retried."""
-
-    def __init__(self, stage: Stage) -> None:
-        super().__init__(f"timeout_{stage}", stage=str(stage))
-        self.stage = stage
 
 
 def firmware_verdict(rom_version: str | None) -> str:

@@ -1,13 +1,14 @@
 """The host's Wi-Fi during a setup-mode flash: ITEAD, home, FinalStage, home.
 
-`SetupModeWifi` drives a `host_wifi.WifiHop` at the points the flash needs it and reports
+`SetupModeWifi` drives a `host_wifi_hop.WifiHop` at the points the flash needs it and reports
 every hop as the `wifi_hop` detail of the flash's tracker. Facts:
 shared/spec/host-wifi-hopping.md (hops, safety), setup-mode-ota.md §5 (ITEAD AP) and §7
 (FinalStage at 192.168.4.2, re-created at each E2A boot).
 
 The ITEAD SSID carries the deviceid, which is unknown before the host is on that AP, so the
-setup AP is found by a scan for `ITEAD-1000…` (`host_wifi.ITEAD_SSID_RE`); more than one such
-AP in range is refused (`several_setup_aps`) rather than guessing which device to flash.
+setup AP is found by a scan for `ITEAD-1000…` (`host_wifi_targets.ITEAD_SSID_RE`); more than
+one such AP in range is refused (`several_setup_aps`) rather than guessing which device to
+flash.
 No Home Assistant imports.
 """
 
@@ -19,22 +20,23 @@ import re
 from typing import Final
 
 from .flash_stages import FlashTracker, Stage
-from .host_wifi import (
-    DEFAULT_JOIN_TIMEOUT,
-    DEFAULT_SCAN_INTERVAL,
+from .host_wifi_hop import DEFAULT_SCAN_INTERVAL, WifiHop
+from .host_wifi_targets import (
     FINALSTAGE_SSID,
     ITEAD_SSID_RE,
+    finalstage_target,
+    setup_ap_target,
+    tasmota_ap_target,
+)
+from .host_wifi_types import (
+    DEFAULT_JOIN_TIMEOUT,
     HopError,
     HopErrorCode,
     HopTarget,
     LinkEvent,
     RestoreResult,
-    WifiHop,
-    finalstage_target,
-    setup_ap_target,
-    tasmota_ap_target,
 )
-from .setup_mode_flasher import SetupModeError, StageTimeoutError
+from .setup_mode_errors import SetupModeError, StageTimeoutError
 
 _LOGGER = logging.getLogger(__name__)
 
