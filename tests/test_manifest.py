@@ -38,7 +38,7 @@ def test_manifest_has_every_key_hacs_and_hassfest_want() -> None:
         assert manifest[key], key
     assert manifest["documentation"].startswith("https://")
     assert manifest["config_flow"] is True
-    # proto/host_wifi_nm.py talks to NetworkManager with dbus-fast; HA pins it
+    # proto/host_wifi_nm_bus.py talks to NetworkManager with dbus-fast; HA pins it
     # (2.43.0 in 2025.4.4, 5.0.x later), so only a floor that every pin satisfies.
     assert manifest["requirements"] == ["dbus-fast>=2.43.0"]
     assert {"http", "network"} <= set(manifest["dependencies"])

@@ -18,7 +18,8 @@ Moving the host's Wi-Fi onto the device's access points (setup mode)
 - host_wifi_nm_wire: NetworkManager's D-Bus names, numbers and the connection profile we add.
 - host_wifi_nm_bus: `NmBus`, the D-Bus client for NetworkManager (calls, signals, loss).
 - host_wifi_nm: `NmWifiHop`, hopping through NetworkManager (checkpoint, re-join, restore).
-- host_wifi_supervisor: `SupervisorWifiHop`, hopping through the Supervisor network API.
+- host_wifi_supervisor_api: `SupervisorNetworkApi`, the Supervisor network API's calls and bodies.
+- host_wifi_supervisor: `SupervisorWifiHop`, hopping through the Supervisor (profiles, restore).
 - host_wifi_manual: `ManualHop`, the user hops by hand and we wait for the address.
 - host_wifi_choice: the one place that picks a backend (`auto` falls back to manual).
 

@@ -1,18 +1,20 @@
-"""Network hop through the Supervisor network API (HAOS / Supervised).
+"""Network hop through the Supervisor network API: the policy, over `SupervisorNetworkApi`.
 
-Facts: shared/spec/host-wifi-hopping.md §1. Surprises handled here:
-- the body is sent as raw JSON with `wifi.auth`: aiohasupervisor's `WifiConfig` serialises the
-  field as `method`, which the Supervisor's schema rejects with HTTP 400 (§1.7 BUG 1);
-- `update` blocks until NM reports the activation, and is shielded on the Supervisor side, so the
-  client timeout is long (>= 60 s in production, §1.6) and a timed-out update may still complete;
+Facts: shared/spec/host-wifi-hopping.md §1. The calls and the raw JSON bodies are
+`host_wifi_supervisor_api`'s; the decisions are here:
+- a timed-out `update` may still complete (the Supervisor shields it, §1.1), so leaving waits
+  for it to settle;
 - the Supervisor keeps ONE profile per interface and edits the active one in place (§1.3):
   before the next target and at the end we send `{"enabled": false}` while our profile is still
   active (afterwards the API cannot delete it), so every hop is a fresh create (no WPA block left
   over on the open FinalStage profile);
 - `/network/info` never returns a PSK: a Wi-Fi-only host can be restored only with the home
   SSID/PSK supplied by the user (§1.8 step 5);
+- the Supervisor only says "Activating connection failed": a scan tells a missing AP from a
+  wrong PSK;
 - a failed activation leaves a saved, inactive profile the API can neither list nor delete (§1.3);
   it is reported in `RestoreResult.detail`.
+No Home Assistant imports.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ from typing import Any, Final
 import aiohttp
 
 from .host_wifi_hop import WifiHop
+from .host_wifi_supervisor_api import (
+    ACTIVATION_FAILED_TEXT,
+    DEFAULT_REQUEST_TIMEOUT,
+    SupervisorHTTPError,
+    SupervisorNetworkApi,
+    home_body,
+    interface_networks,
+    update_body,
+)
 from .host_wifi_targets import HOP_NETWORKS
 from .host_wifi_types import (
     HopBackend,
@@ -37,80 +48,13 @@ from .host_wifi_types import (
     LinkCallback,
     LinkEvent,
     RestoreResult,
-    parse_cidr,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_REQUEST_TIMEOUT: Final = 90.0
-"""`update` blocks until activated; DHCP/association trouble takes 45 s+ (spec §1.6)."""
-DEFAULT_INFO_TIMEOUT: Final = 15.0
-DEFAULT_ACCESS_POINT_TIMEOUT: Final = 20.0
-"""`/accesspoints` sleeps a fixed 5 s after RequestScan (spec §1.1)."""
 DEFAULT_POLL_INTERVAL: Final = 1.0
 DEFAULT_SETTLE_TIMEOUT: Final = 60.0
 """After a timed-out update, how long to wait for the Supervisor to finish it before leaving."""
-ACTIVATION_FAILED_TEXT: Final = "Activating connection failed"
-
-
-class _SupervisorHTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-def update_body(target: HopTarget) -> dict[str, Any]:
-    """Raw JSON for `POST /network/interface/<if>/update` joining `target` (spec §1.8 step 3).
-
-    Static address without gateway/nameservers: no default route, no DNS (spec §1.4).
-    """
-    wifi: dict[str, Any] = {"mode": "infrastructure", "ssid": target.ssid}
-    if target.psk is None:
-        wifi["auth"] = "open"
-    else:
-        wifi["auth"] = "wpa-psk"
-        wifi["psk"] = target.psk
-    return {
-        "enabled": True,
-        "wifi": wifi,
-        "ipv4": {"method": "static", "address": [str(target.address)]},
-        "ipv6": {"method": "disabled"},
-    }
-
-
-def home_body(previous: dict[str, Any], ssid: str, psk: str | None) -> dict[str, Any]:
-    """Raw JSON re-creating the home Wi-Fi from the interface struct seen before the hop."""
-    wifi: dict[str, Any] = {"mode": "infrastructure", "ssid": ssid}
-    if psk:
-        wifi["auth"] = "wpa-psk"
-        wifi["psk"] = psk
-    else:
-        wifi["auth"] = "open"
-    body: dict[str, Any] = {"enabled": True, "wifi": wifi}
-    ipv4 = previous.get("ipv4") or {}
-    if ipv4.get("method") == "static":
-        static: dict[str, Any] = {"method": "static", "address": list(ipv4.get("address") or [])}
-        if ipv4.get("gateway"):
-            static["gateway"] = ipv4["gateway"]
-        if ipv4.get("nameservers"):
-            static["nameservers"] = list(ipv4["nameservers"])
-        body["ipv4"] = static
-    else:
-        body["ipv4"] = {"method": "auto"}
-    ipv6_method = (previous.get("ipv6") or {}).get("method")
-    if ipv6_method in ("auto", "disabled"):
-        body["ipv6"] = {"method": ipv6_method}
-    return body
-
-
-def _networks(struct: dict[str, Any]) -> list[IPv4Network]:
-    result = []
-    for value in (struct.get("ipv4") or {}).get("address") or []:
-        address = parse_cidr(str(value))
-        if address is not None:
-            result.append(address.network)
-    return result
 
 
 class SupervisorWifiHop(WifiHop):
@@ -141,9 +85,9 @@ class SupervisorWifiHop(WifiHop):
         super().__init__(
             confirm_wifi_only=confirm_wifi_only, hop_networks=hop_networks, on_link=on_link
         )
-        self._session = session
-        self._base_url = base_url.rstrip("/")
-        self._token = token
+        self._api = SupervisorNetworkApi(
+            session, base_url=base_url, token=token, update_timeout=request_timeout
+        )
         self._wanted_interface = interface
         self._home_wifi = home_wifi
         self._request_timeout = request_timeout
@@ -157,53 +101,27 @@ class SupervisorWifiHop(WifiHop):
         self._stale: list[str] = []
 
     def __repr__(self) -> str:  # token and PSKs stay out
-        return f"SupervisorWifiHop(base_url={self._base_url!r}, interface={self._interface!r})"
+        return f"SupervisorWifiHop(base_url={self._api.base_url!r}, interface={self._interface!r})"
 
-    # -- HTTP ---------------------------------------------------------------------------------
+    # -- calls on the chosen interface --------------------------------------------------------
 
-    async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, total: float = 0
-    ) -> dict[str, Any]:
-        try:
-            async with self._session.request(
-                method,
-                f"{self._base_url}{path}",
-                json=body,
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=aiohttp.ClientTimeout(total=total or DEFAULT_INFO_TIMEOUT),
-            ) as resp:
-                try:
-                    payload = await resp.json(content_type=None)
-                except ValueError:
-                    payload = None
-                if not isinstance(payload, dict):
-                    payload = {}
-                if resp.status >= 400 or payload.get("result") == "error":
-                    raise _SupervisorHTTPError(resp.status, str(payload.get("message", "")))
-                data = payload.get("data")
-                return data if isinstance(data, dict) else {}
-        except aiohttp.ClientError as err:
-            raise HopError(
-                HopErrorCode.BACKEND_UNAVAILABLE, f"Supervisor unreachable: {err!r}"
-            ) from err
+    @property
+    def _iface(self) -> str:
+        """The interface `_inspect` chose (`prepare()` runs before any join, scan or restore)."""
+        return str(self._interface)
 
     async def _interface_info(self) -> dict[str, Any]:
-        return await self._request("GET", f"/network/interface/{self._interface}/info")
+        return await self._api.interface_info(self._iface)
 
     async def _update(self, body: dict[str, Any]) -> None:
-        await self._request(
-            "POST",
-            f"/network/interface/{self._interface}/update",
-            body,
-            total=self._request_timeout,
-        )
+        await self._api.update(self._iface, body)
 
     # -- inspect ------------------------------------------------------------------------------
 
     async def _inspect(self) -> HopPlan:
         try:
-            info = await self._request("GET", "/network/info")
-        except _SupervisorHTTPError as err:
+            info = await self._api.network_info()
+        except SupervisorHTTPError as err:
             raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
         interfaces = [i for i in info.get("interfaces") or [] if isinstance(i, dict)]
         wifi = [i for i in interfaces if i.get("type") == "wireless"]
@@ -220,7 +138,7 @@ class SupervisorWifiHop(WifiHop):
         chosen = wifi[0]
         self._interface = str(chosen["interface"])
         self._previous = chosen
-        networks = tuple(n for i in interfaces for n in _networks(i))
+        networks = tuple(n for i in interfaces for n in interface_networks(i))
         return HopPlan(
             HopBackend.SUPERVISOR,
             self._interface,
@@ -244,15 +162,10 @@ class SupervisorWifiHop(WifiHop):
     async def _scan(self) -> list[str]:
         """`/accesspoints` runs RequestScan and sleeps 5 s itself (spec §1.1)."""
         try:
-            data = await self._request(
-                "GET",
-                f"/network/interface/{self._interface}/accesspoints",
-                total=DEFAULT_ACCESS_POINT_TIMEOUT,
-            )
-        except _SupervisorHTTPError as err:
+            aps = await self._api.access_points(self._iface)
+        except SupervisorHTTPError as err:
             raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
-        aps = data.get("accesspoints") or []
-        return [str(ap["ssid"]) for ap in aps if isinstance(ap, dict) and ap.get("ssid")]
+        return [str(ap["ssid"]) for ap in aps if ap.get("ssid")]
 
     async def _scan_wait(self, interval: float) -> None:
         await asyncio.sleep(min(interval, self._poll_interval))
@@ -264,15 +177,11 @@ class SupervisorWifiHop(WifiHop):
         if not self._check_access_points:
             return HopErrorCode.ACTIVATION_FAILED
         try:
-            data = await self._request(
-                "GET",
-                f"/network/interface/{self._interface}/accesspoints",
-                total=DEFAULT_ACCESS_POINT_TIMEOUT,
-            )
-        except (HopError, _SupervisorHTTPError) as err:
+            aps = await self._api.access_points(self._iface)
+        except (HopError, SupervisorHTTPError) as err:
             _LOGGER.debug("Access point scan failed: %s", err)
             return HopErrorCode.ACTIVATION_FAILED
-        ssids = {ap.get("ssid") for ap in data.get("accesspoints") or [] if isinstance(ap, dict)}
+        ssids = {ap.get("ssid") for ap in aps}
         if target.ssid not in ssids:
             return HopErrorCode.AP_MISSING
         return HopErrorCode.WRONG_PSK if target.psk is not None else HopErrorCode.ACTIVATION_FAILED
@@ -289,7 +198,7 @@ class SupervisorWifiHop(WifiHop):
                 HopErrorCode.ACTIVATION_TIMEOUT,
                 f"the Supervisor did not answer within {self._request_timeout:.0f} s",
             ) from None
-        except _SupervisorHTTPError as err:
+        except SupervisorHTTPError as err:
             if err.status in (401, 403):
                 raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
             if ACTIVATION_FAILED_TEXT in err.message:
@@ -319,7 +228,7 @@ class SupervisorWifiHop(WifiHop):
             raise HopError(
                 HopErrorCode.NO_ADDRESS, f"{target.ssid}: expected {target.address}, saw {seen}"
             ) from None
-        except _SupervisorHTTPError as err:
+        except SupervisorHTTPError as err:
             raise HopError(HopErrorCode.BACKEND_UNAVAILABLE, str(err)) from err
 
     async def _leave(self) -> None:
@@ -351,7 +260,7 @@ class SupervisorWifiHop(WifiHop):
         problems: list[str] = []
         try:
             await self._leave()
-        except (HopError, _SupervisorHTTPError) as err:
+        except (HopError, SupervisorHTTPError) as err:
             problems.append(f"could not remove the hop profile: {err}")
         previous = self._previous or {}
         home_ssid = (previous.get("wifi") or {}).get("ssid")
@@ -359,7 +268,7 @@ class SupervisorWifiHop(WifiHop):
             if self._home_wifi is not None and self._home_wifi[0] == home_ssid:
                 try:
                     await self._update(home_body(previous, *self._home_wifi))
-                except (HopError, _SupervisorHTTPError, TimeoutError) as err:
+                except (HopError, SupervisorHTTPError, TimeoutError) as err:
                     problems.append(f"re-joining {home_ssid} failed: {err!r}")
             else:
                 problems.append(f"was on {home_ssid}; its PSK is unknown, not re-joined")
