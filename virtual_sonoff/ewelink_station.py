@@ -3,6 +3,16 @@
 Follows shared/spec/setup-mode-ota.md §6 (dispatch, WS, upgrade, downloads)
 and §9/§10 (TLS and pinning, see `legacy_tls`). All addresses come from the
 `/ap` settings and the dispatch reply; nothing is hard-wired.
+
+Timing (EMULATION CHOICES, the spec gives no figures for the stock firmware; see
+`profile` for the values):
+- every connect, every read of a download and every awaited reply has its own
+  `Timing.station_read_timeout`; a download as a whole has none, so SonOTA's
+  slowstream (10 B, 0.9 s, then 1400 B every 0.3 s, ~51 s per image, §6.5) finishes;
+- after a failed attempt (TLS refused, dispatch failed, socket closed, 404 ack) the
+  device "reconnects later" (§6.3, §13.5): it waits `Timing.retry_delays()`, a back-off
+  that doubles up to `retry_delay_max`, before the next dispatch; it never redoes
+  dispatch, register and upgrade at once.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ class RxBuffer:
     fills it; if it ever overflows, the firmware gives up and acks 404.
     An unpaced body (the whole image in one burst) overflows; SonOTA's
     slowstream (10 bytes, pause, then ~1400-byte pieces with pauses) does not.
+    `drain_rate` is per real second: the station divides it by `Timing.scale`.
     """
 
     capacity: int = 8192
@@ -158,7 +169,6 @@ class EwelinkStation:
         timing: Timing,
         faults: Faults,
         flash: FlashMemory,
-        reconnect_delay: float,
         on_phase: Callable[[StationPhase], None],
         log: EventSink,
     ) -> None:
@@ -171,7 +181,6 @@ class EwelinkStation:
         self._timing = timing
         self._faults = faults
         self._flash = flash
-        self._reconnect_delay = reconnect_delay
         self._on_phase = on_phase
         self._log = log
         self._boot = time.monotonic()
@@ -181,16 +190,23 @@ class EwelinkStation:
         self.dispatches = 0
         """Dispatch replies received."""
         self.pings_sent = 0
+        self.retry_waits: list[float] = []
+        """The back-off chosen before each new attempt, in order (schedule, not measured)."""
 
     # -- main loop -------------------------------------------------------
 
     async def run(self) -> AcceptedUpgrade:
         """Talk to the cloud until an upgrade is accepted and written."""
+        delays = self._timing.retry_delays()
         while True:
             accepted = await self._attempt()
             if accepted is not None:
                 return accepted
-            await asyncio.sleep(self._reconnect_delay)
+            # §6.3/§13.5: the device reconnects *later*; consecutive failures back off.
+            delay = next(delays)
+            self.retry_waits.append(delay)
+            self._log("retry_wait", {"attempt": len(self.retry_waits), "delay": delay})
+            await asyncio.sleep(delay)
 
     def _uptime(self) -> int:
         return int(time.monotonic() - self._boot)
@@ -263,7 +279,7 @@ class EwelinkStation:
             ws = await session.ws_connect(
                 url,
                 headers={"Host": WS_HOST},
-                timeout=aiohttp.ClientWSTimeout(ws_close=self._timing.http_timeout),
+                timeout=aiohttp.ClientWSTimeout(ws_close=self._timing.station_read_timeout),
             )
         except (aiohttp.ClientError, TimeoutError) as err:
             self._log("ws_failed", {"error": type(err).__name__})
@@ -337,7 +353,7 @@ class EwelinkStation:
             awaiting_reply = pending is None or bool(pending)
             try:
                 message = await ws.receive(
-                    timeout=self._timing.http_timeout if awaiting_reply else None
+                    timeout=self._timing.station_read_timeout if awaiting_reply else None
                 )
             except TimeoutError:
                 self._log("reply_timeout", {})
@@ -506,9 +522,9 @@ class EwelinkStation:
         )
 
     def _timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=None, sock_connect=self._timing.http_timeout, sock_read=self._timing.http_timeout
-        )
+        # Per connect and per read, never per transfer (see the module docstring).
+        limit = self._timing.station_read_timeout
+        return aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)
 
     async def _stall(self) -> None:
         self._log("download_stalled", {})
@@ -567,6 +583,7 @@ class EwelinkStation:
         headers = {"Host": DOWNLOAD_HOST, "User-Agent": DOWNLOAD_USER_AGENT}
         loop = asyncio.get_running_loop()
         rx = self._download.rx_buffer
+        drain_rate = rx.drain_rate / self._timing.scale
         async with session.get(
             url,
             headers=headers,
@@ -591,7 +608,7 @@ class EwelinkStation:
             last = loop.time()
             async for piece in response.content.iter_any():
                 now = loop.time()
-                level = max(0.0, level - (now - last) * rx.drain_rate) + len(piece)
+                level = max(0.0, level - (now - last) * drain_rate) + len(piece)
                 last = now
                 data += piece
                 if self._download.paced_download_required and level > rx.capacity:

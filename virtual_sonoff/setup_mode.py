@@ -124,11 +124,10 @@ class SetupModeConfig:
     paced_download_required: bool = True
     """Model the 404 problem of non-Range firmware (see `RxBuffer`)."""
     rx_buffer: RxBuffer = FAST_RX_BUFFER
-    reconnect_delay: float = 0.05
-    """Pause before redoing dispatch after a failure, a close or a 404 ack."""
     provisioned: ApSettings | None = None
     """Already provisioned: skip AP mode and start in station mode."""
     timing: Timing = FAST
+    """Also the station's read timeout and its back-off between attempts (see `profile`)."""
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -281,6 +280,11 @@ class SetupModeDevice:
         return list(self.station.downloads) if self.station is not None else []
 
     @property
+    def retry_waits(self) -> list[float]:
+        """The station's back-off before each new attempt (its schedule, not a measurement)."""
+        return list(self.station.retry_waits) if self.station is not None else []
+
+    @property
     def acks(self) -> list[SentAck]:
         """Every ack the station sent."""
         return list(self.station.acks) if self.station is not None else []
@@ -349,7 +353,6 @@ class SetupModeDevice:
             timing=config.timing,
             faults=config.faults,
             flash=self.flash,
-            reconnect_delay=config.reconnect_delay,
             on_phase=lambda phase: self._enter(_STATION_STAGE[phase]),
             log=self._log,
         )

@@ -34,6 +34,8 @@ SERVER_LEGACY_CIPHERS = "AES128-SHA:AES256-SHA:AES128-SHA256:AES256-SHA256:@SECL
 USER1_PATH = "/ota/image_user1-0x01000.bin"
 USER2_PATH = "/ota/image_user2-0x81000.bin"
 ARDUINO_PATH = "/ota/image_arduino.bin"
+SLOW_PREFIX = "/slowota/"
+"""SonOTA's throttled route: the same files as `/ota/`, Range ignored, always paced (§6.5)."""
 
 
 # -- certificates and server TLS contexts ----------------------------------
@@ -154,6 +156,11 @@ class Pacing:
     piece: int = 1400
     pause: float = 0.008
 
+    @classmethod
+    def slowstream(cls, scale: float = 1.0) -> Pacing:
+        """SonOTA's own figures (§6.5, §12): 10 B, 0.9 s, then 1400 B every 0.3 s, times `scale`."""
+        return cls(first=10, first_pause=0.9 * scale, piece=1400, pause=0.3 * scale)
+
 
 @dataclass(frozen=True, slots=True)
 class SeenRequest:
@@ -167,7 +174,10 @@ class SeenRequest:
 
 
 class FileServer:
-    """Plain HTTP, routes on the path only. Range -> 206; otherwise 200 (paced or burst)."""
+    """Plain HTTP, routes on the path only. Range -> 206; otherwise 200 (paced or burst).
+
+    Like SonOTA, `/slowota/<name>` serves `/ota/<name>` through the slow handler.
+    """
 
     def __init__(
         self,
@@ -176,9 +186,13 @@ class FileServer:
         pacing: Pacing | None = None,
         forced_status: dict[str, int] | None = None,
         honour_range: bool = True,
+        slow_pacing: Pacing | None = None,
     ) -> None:
         self.files = dict(files)
         self.pacing = pacing
+        """Pacing of non-Range GETs on `/ota/` (None: one burst, like tornado's static files)."""
+        self.slow_pacing = slow_pacing if slow_pacing is not None else Pacing.slowstream()
+        """Pacing of `/slowota/` (SonOTA's own figures unless scaled)."""
         self.forced_status = dict(forced_status or {})
         self.honour_range = honour_range
         self.requests: list[SeenRequest] = []
@@ -217,10 +231,16 @@ class FileServer:
         )
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        data = self.files.get(request.path)
+        slow = request.path.startswith(SLOW_PREFIX)
+        path = "/ota/" + request.path.removeprefix(SLOW_PREFIX) if slow else request.path
+        data = self.files.get(path)
         if data is None:
             self._note(request, 404)
             return web.Response(status=404)
+        if slow:
+            # SonOTA's slow handler: ignores Range, always the whole file, paced (§6.5).
+            self._note(request, 200)
+            return await self._paced(request, data, self.slow_pacing)
         forced = self.forced_status.get(request.path)
         if forced is not None:
             self._note(request, forced)
@@ -240,10 +260,21 @@ class FileServer:
         self._note(request, 200)
         if self.pacing is None:
             return web.Response(body=data)
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        return await self._paced(request, data, self.pacing)
+
+    async def _paced(self, request: web.Request, data: bytes, pacing: Pacing) -> web.StreamResponse:
+        # The headers of SonOTA's slow handler, which mimic ITEAD's Express server (§6.5).
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/octet-stream",
+                "X-Powered-By": "Express",
+                "Content-Disposition": f'attachment; filename="{request.path.rsplit("/", 1)[-1]}"',
+                "Accept-Ranges": "bytes",
+                "Cache-Control": "public, max-age=0",
+            }
+        )
         response.content_length = len(data)
         await response.prepare(request)
-        pacing = self.pacing
         await response.write(data[: pacing.first])
         await asyncio.sleep(pacing.first_pause)
         for start in range(pacing.first, len(data), pacing.piece):
@@ -266,6 +297,8 @@ class CloudScript:
     """None: echo the model from register (as SonOTA does)."""
     bad_digest_upgrades: int = 0
     """The first N upgrades carry a wrong digest."""
+    slowstream_after_404: bool = False
+    """SonOTA: after any 404 ack, later upgrades point at `/slowota/` (§6.3, §6.5)."""
 
 
 class FakeCloud:
@@ -291,6 +324,8 @@ class FakeCloud:
         self.server_keys: list[str] = []
         self.upgrades_sent: list[dict[str, Any]] = []
         self.pings = 0
+        self.slowstream = False
+        """SonOTA's global switch: set by the first 404 ack (with `slowstream_after_404`)."""
         self.connections = 0
         self.closed = 0
         self.failed_handshakes: list[BaseException] = []
@@ -342,8 +377,9 @@ class FakeCloud:
             digest = hashlib.sha256(self.downloads.files[path]).hexdigest()
             if len(self.upgrades_sent) < self.script.bad_digest_upgrades:
                 digest = "0" * 64
+            url_path = SLOW_PREFIX + path.removeprefix("/ota/") if self.slowstream else path
             bin_list.append(
-                {"downloadUrl": self.downloads.url(path), "digest": digest, "name": name}
+                {"downloadUrl": self.downloads.url(url_path), "digest": digest, "name": name}
             )
         return {
             "action": "upgrade",
@@ -384,6 +420,8 @@ class FakeCloud:
                 if action is None:
                     self.acks.append(data)
                     self.acked.set()
+                    if data.get("error") == 404 and self.script.slowstream_after_404:
+                        self.slowstream = True
                     continue
                 reply: dict[str, Any] = {"error": 0, "deviceid": data["deviceid"], "apikey": key}
                 if action == "register":
