@@ -42,6 +42,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from .flash_memory import ARDUINO_OFFSET, FlashMemory
 from .profile import FAST, Fault, Faults, Timing
+from .start_stop import StartStop
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ type _Route = Callable[[dict[str, Any], _Connection], Awaitable[_Outcome | None]
 type AnnouncementListener = Callable[[MdnsAnnouncement, bool], None]
 
 
-class DiyDevice:
+class DiyDevice(StartStop):
     """A virtual Sonoff in DIY mode: REST on <host>:<port>, Range download, reboot to Tasmota.
 
     Use as `async with DiyDevice(config) as device:`; the real port is `device.port`.
@@ -355,15 +356,6 @@ class DiyDevice:
         )
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def __aenter__(self) -> DiyDevice:
-        """Start the device."""
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Stop the device."""
-        await self.stop()
 
     async def start(self) -> None:
         """Bind the REST server and start advertising."""

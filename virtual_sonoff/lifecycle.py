@@ -14,11 +14,11 @@ import contextlib
 from dataclasses import dataclass, field
 import logging
 import socket
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from .diy import DiyConfig, DiyDevice
 from .setup_mode import SetupModeConfig, SetupModeDevice
+from .start_stop import StartStop
 from .tasmota import VirtualTasmota
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class TasmotaPlan:
 
 
 @dataclass(slots=True)
-class VirtualSonoff:
+class VirtualSonoff(StartStop):
     """A device that starts in eWeLink (setup or DIY mode) and ends as a virtual Tasmota."""
 
     kind: Kind
@@ -70,20 +70,6 @@ class VirtualSonoff:
         if self.setup is not None:
             return self.setup.model
         return self.diy.device_type if self.diy is not None else "diy_plug"
-
-    async def __aenter__(self) -> Self:
-        """Start the eWeLink side."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop everything."""
-        await self.stop()
 
     async def start(self) -> None:
         """Start the eWeLink side; Tasmota follows once it is flashed."""

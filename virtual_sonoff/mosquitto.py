@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 import secrets
 import socket
-from types import TracebackType
-from typing import Self
+
+from .start_stop import StartStop
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def password_file_line(username: str, password: str) -> str:
     )
 
 
-class MosquittoBroker:
+class MosquittoBroker(StartStop):
     """A Mosquitto broker on 127.0.0.1 and a free port: `async with MosquittoBroker(tmp_path)`.
 
     `username`/`password` given: anonymous access is off and only that login
@@ -98,20 +98,6 @@ class MosquittoBroker:
     def log_path(self) -> Path:
         """Mosquitto's own log file (useful when a test fails)."""
         return self.workdir / "mosquitto.log"
-
-    async def __aenter__(self) -> Self:
-        """Start the broker."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the broker."""
-        await self.stop()
 
     def _write_config(self, port: int) -> Path:
         # Small files, written before any loop work (allowed for the harness).

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass, field
 import logging
-from types import TracebackType
-from typing import Self
+
+from .start_stop import StartStop
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class _Pending:
     pings: list[asyncio.Future[None]] = field(default_factory=list)
 
 
-class MqttClient:
+class MqttClient(StartStop):
     """An asyncio MQTT 3.1.1 client; use it as `async with MqttClient(...) as client`.
 
     Callbacks run inside the reader task: they may publish, but must not await
@@ -186,18 +186,12 @@ class MqttClient:
         """True between a successful CONNACK and the end of the connection."""
         return self._connected
 
-    async def __aenter__(self) -> Self:
-        """Connect."""
+    async def start(self) -> None:
+        """Connect (what entering `async with` does)."""
         await self.connect()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Send DISCONNECT (if still connected) and close."""
+    async def stop(self) -> None:
+        """Disconnect (what leaving `async with` does)."""
         await self.disconnect()
 
     async def connect(self) -> None:

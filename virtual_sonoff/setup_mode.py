@@ -18,8 +18,6 @@ import json
 import logging
 import re
 import time
-from types import TracebackType
-from typing import Self
 import uuid
 
 from virtual_sonoff.ewelink_station import (
@@ -40,6 +38,8 @@ from virtual_sonoff.images import MAGIC_V2, make_image
 from virtual_sonoff.intermediate import E2APhase, FinalStageFetch, IntermediateImage
 from virtual_sonoff.legacy_tls import TlsVariant
 from virtual_sonoff.profile import FAST, Fault, Faults, Timing
+
+from .start_stop import StartStop
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class _HttpRequest:
     body: bytes
 
 
-class SetupModeDevice:
+class SetupModeDevice(StartStop):
     """The virtual Sonoff, from AP mode to Tasmota. Use as `async with`."""
 
     def __init__(
@@ -194,20 +194,6 @@ class SetupModeDevice:
         self.flash.write(offset, stock)
 
     # -- lifecycle ---------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        """Start the device."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the device."""
-        await self.stop()
 
     async def start(self) -> None:
         """Bring the ITEAD AP's HTTP server up (unless provisioned) and run."""

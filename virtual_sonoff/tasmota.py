@@ -25,8 +25,7 @@ import gzip
 import json
 import logging
 import re
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 import zlib
 
@@ -34,6 +33,7 @@ import aiohttp
 
 from .mqtt_client import MqttClient, MqttConnectError, MqttError, MqttMessage, Will
 from .profile import FAST, Fault, Faults, Timing
+from .start_stop import StartStop
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _on_off(value: int | bool) -> str:
     return "ON" if value else "OFF"
 
 
-class VirtualTasmota:
+class VirtualTasmota(StartStop):
     """A Tasmota device on loopback: `async with VirtualTasmota(image, mac=...) as dev`.
 
     Starts in AP mode when no SSID1 is configured, else in station mode.
@@ -318,20 +318,6 @@ class VirtualTasmota:
         return value if value.endswith("/") else value + "/"
 
     # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> Self:
-        """Power on."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Power off."""
-        await self.stop()
 
     async def start(self) -> None:
         """Power on: AP mode without SSID1, else station mode."""
