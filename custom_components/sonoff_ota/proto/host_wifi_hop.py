@@ -27,7 +27,7 @@ from ipaddress import IPv4Network
 import logging
 import re
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypedDict
 
 from .host_wifi_targets import HOP_NETWORKS
 from .host_wifi_types import (
@@ -71,6 +71,19 @@ def check_wifi_only(carries_lan: bool, confirmed: bool, interface: str | None) -
             f"{interface} carries Home Assistant's own network; the UI is unreachable during "
             "the hop: confirm explicitly",
         )
+
+
+class WifiHopOptions(TypedDict, total=False):
+    """The keywords every backend takes and hands on to `WifiHop` (`**options: Unpack[...]`).
+
+    `confirm_wifi_only`: the user agreed to lose HA's own LAN during the hop (`check_wifi_only`);
+    `hop_networks`: the device networks the home LAN must not overlap (`check_lan_clash`);
+    `on_link`: hears the link going down/up while FinalStage reboots.
+    """
+
+    confirm_wifi_only: bool
+    hop_networks: Iterable[IPv4Network]
+    on_link: LinkCallback | None
 
 
 class WifiHop(abc.ABC):

@@ -9,15 +9,14 @@ Assistant imports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 import errno
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 import socket
-from typing import Final
+from typing import Final, Unpack
 
-from .host_wifi_hop import WifiHop
-from .host_wifi_targets import HOP_NETWORKS
+from .host_wifi_hop import WifiHop, WifiHopOptions
 from .host_wifi_types import (
     HopBackend,
     HopError,
@@ -25,7 +24,6 @@ from .host_wifi_types import (
     HopPlan,
     HopTarget,
     JoinedNetwork,
-    LinkCallback,
     LinkEvent,
     RestoreResult,
 )
@@ -76,13 +74,10 @@ class ManualHop(WifiHop):
         on_instruction: Callable[[ManualInstruction | None], None] | None = None,
         address_probe: AddressProbe = address_is_local,
         poll_interval: float = DEFAULT_MANUAL_POLL,
-        confirm_wifi_only: bool = True,
-        hop_networks: Iterable[IPv4Network] = HOP_NETWORKS,
-        on_link: LinkCallback | None = None,
+        **options: Unpack[WifiHopOptions],
     ) -> None:
-        super().__init__(
-            confirm_wifi_only=confirm_wifi_only, hop_networks=hop_networks, on_link=on_link
-        )
+        options.setdefault("confirm_wifi_only", True)  # unlike the other backends
+        super().__init__(**options)
         self._on_instruction = on_instruction
         self._probe = address_probe
         self._poll_interval = poll_interval

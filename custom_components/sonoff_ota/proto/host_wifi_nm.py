@@ -11,16 +11,15 @@ signals, subscribed BEFORE the call (spec §2.2 step 5). No Home Assistant impor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 import contextlib
 import functools
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 import logging
-from typing import Final
+from typing import Final, Unpack
 
 from dbus_fast import Variant
 
-from .host_wifi_hop import WifiHop
+from .host_wifi_hop import WifiHop, WifiHopOptions
 from .host_wifi_nm_bus import NmBus, NmCallError, NmDevice
 from .host_wifi_nm_wire import (
     ACTIVE_ACTIVATED,
@@ -39,7 +38,6 @@ from .host_wifi_nm_wire import (
     connection_settings,
     failure_code,
 )
-from .host_wifi_targets import HOP_NETWORKS
 from .host_wifi_types import (
     HopBackend,
     HopError,
@@ -47,7 +45,6 @@ from .host_wifi_types import (
     HopPlan,
     HopTarget,
     JoinedNetwork,
-    LinkCallback,
     LinkEvent,
     RestoreResult,
 )
@@ -77,18 +74,14 @@ class NmWifiHop(WifiHop):
         *,
         bus_address: str | None = None,
         interface: str | None = None,
-        confirm_wifi_only: bool = False,
         checkpoint_timeout: int = DEFAULT_CHECKPOINT_TIMEOUT,
         bind_activation: str | None = None,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
         reactivate_backoff: float = DEFAULT_REACTIVATE_BACKOFF,
-        hop_networks: Iterable[IPv4Network] = HOP_NETWORKS,
-        on_link: LinkCallback | None = None,
+        **options: Unpack[WifiHopOptions],
     ) -> None:
-        super().__init__(
-            confirm_wifi_only=confirm_wifi_only, hop_networks=hop_networks, on_link=on_link
-        )
+        super().__init__(**options)
         self._wanted_interface = interface
         self._checkpoint_timeout = checkpoint_timeout
         self._bind_activation = bind_activation

@@ -20,14 +20,13 @@ No Home Assistant imports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 import logging
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import aiohttp
 
-from .host_wifi_hop import WifiHop
+from .host_wifi_hop import WifiHop, WifiHopOptions
 from .host_wifi_supervisor_api import (
     ACTIVATION_FAILED_TEXT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -37,7 +36,6 @@ from .host_wifi_supervisor_api import (
     interface_networks,
     update_body,
 )
-from .host_wifi_targets import HOP_NETWORKS
 from .host_wifi_types import (
     HopBackend,
     HopError,
@@ -45,7 +43,6 @@ from .host_wifi_types import (
     HopPlan,
     HopTarget,
     JoinedNetwork,
-    LinkCallback,
     LinkEvent,
     RestoreResult,
 )
@@ -73,18 +70,14 @@ class SupervisorWifiHop(WifiHop):
         base_url: str,
         token: str,
         interface: str | None = None,
-        confirm_wifi_only: bool = False,
         home_wifi: tuple[str, str] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         settle_timeout: float = DEFAULT_SETTLE_TIMEOUT,
         check_access_points: bool = True,
-        hop_networks: Iterable[IPv4Network] = HOP_NETWORKS,
-        on_link: LinkCallback | None = None,
+        **options: Unpack[WifiHopOptions],
     ) -> None:
-        super().__init__(
-            confirm_wifi_only=confirm_wifi_only, hop_networks=hop_networks, on_link=on_link
-        )
+        super().__init__(**options)
         self._api = SupervisorNetworkApi(
             session, base_url=base_url, token=token, update_timeout=request_timeout
         )
