@@ -13,7 +13,7 @@ import functools
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
-from .proto.host_wifi_choice import prepare_hop
+from .proto.host_wifi_choice import HopOptions, prepare_hop
 from .proto.host_wifi_hop import WifiHop
 from .proto.host_wifi_types import HopPlan
 from .proto.wifi import WifiSettings
@@ -32,12 +32,13 @@ async def async_prepare_hop(
     In `auto` mode a backend that cannot hop on this host falls back to manual. The caller
     owns the returned hop: `restore_shielded()` it when done (it may hold a D-Bus connection).
     """
-    return await prepare_hop(
-        settings.wifi_hop,
-        session=functools.partial(async_get_clientsession, hass),
+    options = HopOptions(
         nm_bus_address=settings.nm_bus_address,
         supervisor_url=settings.supervisor_url,
         interface=settings.wifi_interface,
         confirm_wifi_only=confirm_wifi_only,
         home_wifi=(home_wifi.ssid, home_wifi.password) if home_wifi is not None else None,
+    )
+    return await prepare_hop(
+        settings.wifi_hop, options, session=functools.partial(async_get_clientsession, hass)
     )

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from custom_components.sonoff_ota.proto.host_wifi_choice import (
+    HopOptions,
     create_hop,
     prepare_hop,
     select_backend,
@@ -45,9 +46,11 @@ async def test_select_networkmanager_when_reachable(config: BusConfig) -> None:
         aiohttp.ClientSession() as session,
     ):
         hop = await select_backend(
+            HopOptions(
+                nm_bus_address=env.address,
+                environ={"SUPERVISOR": "127.0.0.1:9", "SUPERVISOR_TOKEN": "t"},
+            ),
             session=session,
-            nm_bus_address=env.address,
-            environ={"SUPERVISOR": "127.0.0.1:9", "SUPERVISOR_TOKEN": "t"},
         )
         assert isinstance(hop, NmWifiHop)
         async with hop:
@@ -62,9 +65,11 @@ async def test_select_supervisor_when_no_bus(tmp_path: Path, socket_enabled: Non
         async with running_supervisor(fake) as url, aiohttp.ClientSession() as session:
             host = url.removeprefix("http://")
             hop = await select_backend(
+                HopOptions(
+                    nm_bus_address=f"unix:path={tmp_path}/no-bus",
+                    environ={"SUPERVISOR": host, "SUPERVISOR_TOKEN": "tok"},
+                ),
                 session=session,
-                nm_bus_address=f"unix:path={tmp_path}/no-bus",
-                environ={"SUPERVISOR": host, "SUPERVISOR_TOKEN": "tok"},
             )
             assert isinstance(hop, SupervisorWifiHop)
             async with hop:
@@ -78,7 +83,7 @@ async def test_select_nm_bus_without_nm_falls_back(config: BusConfig) -> None:
     nm = FakeNetworkManager()
     async with running_fake_nm(config, nm) as env:
         await nm.detach()  # the bus stays, NM leaves it
-        hop = await select_backend(nm_bus_address=env.address, environ={})
+        hop = await select_backend(HopOptions(nm_bus_address=env.address, environ={}))
         assert isinstance(hop, ManualHop)
         await nm.attach(env.address)
 
@@ -88,8 +93,7 @@ async def test_select_manual_without_anything(tmp_path: Path, socket_enabled: No
     with unix_sockets_allowed():
         custom = ManualHop(poll_interval=0.5)
         hop = await select_backend(
-            nm_bus_address=f"unix:path={tmp_path}/no-bus",
-            environ={},
+            HopOptions(nm_bus_address=f"unix:path={tmp_path}/no-bus", environ={}),
             manual_factory=lambda: custom,
         )
     assert hop is custom
@@ -102,20 +106,20 @@ def _no_session() -> aiohttp.ClientSession:
 async def test_create_hop_by_setting() -> None:
     """Each `wifi_hop` setting builds its backend; nothing is contacted (no radio)."""
     assert isinstance(await create_hop("manual", session=_no_session), ManualHop)
-    nm = await create_hop("networkmanager", session=_no_session, interface="wlan1")
+    nm = await create_hop("networkmanager", HopOptions(interface="wlan1"), session=_no_session)
     assert isinstance(nm, NmWifiHop)
     assert "wlan1" in repr(nm)
     async with aiohttp.ClientSession() as session:
         sup = await create_hop(
             "supervisor",
+            HopOptions(environ={"SUPERVISOR": "127.0.0.1:9", "SUPERVISOR_TOKEN": "tok"}),
             session=lambda: session,
-            environ={"SUPERVISOR": "127.0.0.1:9", "SUPERVISOR_TOKEN": "tok"},
         )
         assert isinstance(sup, SupervisorWifiHop)
         assert "http://127.0.0.1:9" in repr(sup)
         assert "tok" not in repr(sup)
         with pytest.raises(HopError) as err:
-            await create_hop("supervisor", session=lambda: session, environ={})
+            await create_hop("supervisor", HopOptions(environ={}), session=lambda: session)
         assert err.value.code is HopErrorCode.BACKEND_UNAVAILABLE
 
 
@@ -130,18 +134,15 @@ async def test_prepare_hop_auto_falls_back_to_manual(config: BusConfig) -> None:
     ):
         hop, plan = await prepare_hop(
             "auto",
+            HopOptions(nm_bus_address=env.address, interface="wlan9", environ={}),
             session=lambda: session,
-            nm_bus_address=env.address,
-            interface="wlan9",
-            environ={},
         )
         assert isinstance(hop, ManualHop)
         assert plan.backend is HopBackend.MANUAL
         with pytest.raises(HopError) as err:
             await prepare_hop(
                 "networkmanager",
+                HopOptions(nm_bus_address=env.address, interface="wlan9"),
                 session=_no_session,
-                nm_bus_address=env.address,
-                interface="wlan9",
             )
         assert err.value.code is HopErrorCode.NO_WIFI_INTERFACE
