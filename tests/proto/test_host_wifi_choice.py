@@ -146,3 +146,16 @@ async def test_prepare_hop_auto_falls_back_to_manual(config: BusConfig) -> None:
                 session=_no_session,
             )
         assert err.value.code is HopErrorCode.NO_WIFI_INTERFACE
+
+
+def test_hop_options_repr_hides_secrets() -> None:
+    """The home PSK and the environment's Supervisor token never show in the repr (logs)."""
+    options = HopOptions(
+        interface="wlan0",
+        home_wifi=("home", "home-psk-secret"),
+        environ={"SUPERVISOR_TOKEN": "token-secret"},
+    )
+    text = repr(options)
+    assert "wlan0" in text
+    assert "home-psk-secret" not in text
+    assert "token-secret" not in text
