@@ -39,7 +39,7 @@ def own_socket_inodes() -> set[str]:
     fd_dir = Path("/proc/self/fd")
     for entry in fd_dir.iterdir():
         try:
-            target = os.readlink(entry)
+            target = str(entry.readlink())
         except OSError:
             continue
         if target.startswith("socket:["):
@@ -116,7 +116,7 @@ def our_listeners(hass: HomeAssistant) -> list[str]:
     if server is None:
         return []
     open_ = []
-    for name, lease in (("tls", server._tls), ("plain", server._plain)):  # noqa: SLF001
+    for name, lease in (("tls", server._tls), ("plain", server._plain)):
         if lease.listener is not None or lease.count:
             open_.append(f"{name} (count {lease.count})")
     return open_

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+import importlib
 import logging
 from types import ModuleType
 from typing import Any, Final
@@ -99,7 +100,7 @@ class SecretScan:
             return
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken format still shows its parts
+        except Exception:
             message = f"{record.msg!r} {record.args!r}"
         parts = [message]
         if record.exc_info and record.exc_info[1] is not None:
@@ -173,12 +174,11 @@ class RecordingUuid(ModuleType):
 def _serialize_schema(schema: Any) -> object:
     """The form's fields as the frontend gets them (defaults, suggested values)."""
     try:
-        import voluptuous_serialize  # noqa: PLC0415
+        from homeassistant.helpers import config_validation as cv
 
-        from homeassistant.helpers import config_validation as cv  # noqa: PLC0415
-
-        return voluptuous_serialize.convert(schema, custom_serializer=cv.custom_serializer)
-    except Exception:  # noqa: BLE001 - an odd schema is still scanned by its repr
+        serialize = importlib.import_module("voluptuous_serialize")  # untyped on some HAs
+        return serialize.convert(schema, custom_serializer=cv.custom_serializer)
+    except Exception:  # an odd schema is still scanned, by its repr
         return repr(schema)
 
 

@@ -164,6 +164,7 @@ async def test_stalled_source_with_a_cached_copy_uses_the_copy(
 async def test_unwritable_cache_serves_from_memory(
     hass: HomeAssistant,
     socket_enabled: None,
+    *,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -241,6 +242,7 @@ async def test_stalled_download_in_the_flow_says_so_then_another_image_flashes(
 async def test_flash_works_when_the_cache_cannot_be_written(
     hass: HomeAssistant,
     socket_enabled: None,
+    *,
     real_mqtt: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,

@@ -47,8 +47,11 @@ def test_a_debug_log_with_the_wifi_password_fails(secret_scan: SecretScan) -> No
 
 
 def test_a_traceback_quoting_a_secret_fails(secret_scan: SecretScan) -> None:
-    try:
+    def connect() -> None:
         raise ValueError(f"bad password {PASSWORD}")
+
+    try:
+        connect()
     except ValueError:
         logging.getLogger("homeassistant.core").exception("boom")
     expect_failure(secret_scan)
@@ -124,7 +127,7 @@ async def test_diagnostics_without_redaction_fail(
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
-    data = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    data: Any = await get_diagnostics_for_config_entry(hass, hass_client, entry)
     assert data["entry"]["wifi_password"] == PASSWORD
     assert any(hit.where.startswith("diagnostics") for hit in secret_scan.hits())
     secret_scan.texts.clear()

@@ -80,7 +80,10 @@ class PrivateListener:
             await runner.cleanup()
             if err.errno in (errno.EADDRINUSE, errno.EACCES):
                 _LOGGER.warning(
-                    "%s cannot listen on %s:%s: another program took it", self.name, self.host, self.port
+                    "%s cannot listen on %s:%s: another program took it",
+                    self.name,
+                    self.host,
+                    self.port,
                 )
                 async_port_busy(self._hass, f"{self.host}:{self.port}")
                 raise PortInUseError(self.host, self.port) from err

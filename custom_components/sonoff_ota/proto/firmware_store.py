@@ -698,9 +698,7 @@ class FirmwareStore:
                 {"url": shown, "reason": type(err).__name__},
             ) from err
         except TimeoutError as err:  # connected, then no data for sock_read s (or total)
-            _LOGGER.warning(
-                "Download of %s stalled after %d bytes; given up", shown, len(received)
-            )
+            _LOGGER.warning("Download of %s stalled after %d bytes; given up", shown, len(received))
             raise FirmwareUnavailableError(
                 FirmwareErrorCode.TIMEOUT, {"url": shown, "received": len(received)}
             ) from err
