@@ -9,9 +9,11 @@ shared/spec/host-wifi-hopping.md §0 (bottom line), §1.7 (Supervisor from HA), 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.importlib import async_import_module
 
 from .proto.host_wifi import (
     HopBackend,
@@ -22,10 +24,12 @@ from .proto.host_wifi import (
     WifiHop,
     select_backend,
 )
-from .proto.host_wifi_nm import NmWifiHop
-from .proto.host_wifi_supervisor import SupervisorWifiHop
 from .proto.wifi import WifiSettings
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .proto.host_wifi_nm import NmWifiHop
+    from .proto.host_wifi_supervisor import SupervisorWifiHop
 
 _FALLBACK_TO_MANUAL = frozenset({HopErrorCode.BACKEND_UNAVAILABLE, HopErrorCode.NO_WIFI_INTERFACE})
 """In `auto` mode these mean "this backend cannot hop here": the user does it."""
@@ -43,8 +47,14 @@ async def async_create_hop(
     mode = settings.wifi_hop
     if mode == HopBackend.MANUAL:
         return ManualHop()
+    # The backends (dbus-fast for NetworkManager) load only when a hop may use them,
+    # in the executor: not at HA's start, where they would cost every user import time.
+    nm_module = await async_import_module(hass, f"{__package__}.proto.host_wifi_nm")
+    supervisor_module = await async_import_module(hass, f"{__package__}.proto.host_wifi_supervisor")
+    nm_hop: type[NmWifiHop] = nm_module.NmWifiHop
+    supervisor_hop: type[SupervisorWifiHop] = supervisor_module.SupervisorWifiHop
     if mode == HopBackend.NETWORKMANAGER:
-        return NmWifiHop(
+        return nm_hop(
             bus_address=settings.nm_bus_address,
             interface=settings.wifi_interface,
             confirm_wifi_only=confirm_wifi_only,
@@ -59,7 +69,7 @@ async def async_create_hop(
             raise HopError(
                 HopErrorCode.BACKEND_UNAVAILABLE, "no Supervisor (SUPERVISOR_TOKEN is not set)"
             )
-        return SupervisorWifiHop(
+        return supervisor_hop(
             session,
             base_url=url,
             token=token,
