@@ -3,19 +3,89 @@
 `custom_components.sonoff_ota` must be imported before the `hass` fixture runs:
 phcc's testing_config has its own `custom_components` package that would
 otherwise shadow ours ("Integration not found").
+
+Every test is scanned for leaked secrets (`secret_scan`, autouse; see
+tests/secret_scan.py): HA's log records, our diagnostics and every flow result.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
+import functools
+import logging
 from pathlib import Path
+from typing import Any
 
 from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowManager
 import pytest
 
 import custom_components.sonoff_ota  # noqa: F401  (must come first, see above)
+from custom_components.sonoff_ota import diagnostics as our_diagnostics
+from custom_components.sonoff_ota.proto import fake_cloud
 from tests.harness import setup_real_mqtt
+from tests.secret_scan import RecordingUuid, ScanHandler, SecretScan
+from virtual_sonoff import setup_mode as virtual_setup_mode
 from virtual_sonoff.mosquitto import MosquittoBroker
+
+OUR_LOGGER = "custom_components.sonoff_ota"
+
+
+def fail_on_hits(scan: SecretScan) -> None:
+    """Fail (pytest.fail) when `scan` found a secret; say where, not what."""
+    hits = scan.hits()
+    if hits:
+        pytest.fail(
+            "secret leaked:\n" + "\n".join(sorted({hit.describe() for hit in hits})),
+            pytrace=False,
+        )
+
+
+@pytest.fixture(autouse=True)
+def secret_scan(monkeypatch: pytest.MonkeyPatch) -> Generator[SecretScan]:
+    """Fail the test if a secret reached a log record, a diagnostics dump or a flow result.
+
+    Our own loggers run at DEBUG meanwhile (a debug log is what users post). A test
+    that logs a secret on purpose reads `secret_scan.hits()` and clears `texts`.
+    """
+    scan = SecretScan()
+    handler = ScanHandler(scan)
+    root = logging.getLogger()
+    ours = logging.getLogger(OUR_LOGGER)
+    old_level = ours.level
+    root.addHandler(handler)
+    ours.setLevel(logging.DEBUG)
+
+    recording = RecordingUuid(scan)
+    monkeypatch.setattr(virtual_setup_mode, "uuid", recording)
+    monkeypatch.setattr(fake_cloud, "uuid", recording)
+
+    real_step = FlowManager._async_handle_step
+
+    @functools.wraps(real_step)
+    async def scanned_step(self: FlowManager, *args: Any, **kwargs: Any) -> Any:
+        result = await real_step(self, *args, **kwargs)
+        scan.check_flow_result(result)
+        return result
+
+    monkeypatch.setattr(FlowManager, "_async_handle_step", scanned_step)
+
+    for name in ("async_get_config_entry_diagnostics", "async_get_device_diagnostics"):
+        real = getattr(our_diagnostics, name)
+
+        @functools.wraps(real)
+        async def scanned(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            data = await _real(*args)
+            scan.check_object(f"diagnostics {_name}", data)
+            return data
+
+        monkeypatch.setattr(our_diagnostics, name, scanned)
+    try:
+        yield scan
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(old_level)
+    fail_on_hits(scan)
 
 
 @pytest.fixture(autouse=True)

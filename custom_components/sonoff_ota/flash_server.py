@@ -18,6 +18,7 @@ from pathlib import Path
 import ssl
 from typing import Any, Final
 
+from aiohttp import ClientTimeout
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
@@ -108,11 +109,15 @@ class FlashServer:
         if self._firmware is None:
             overrides: dict[str, Any] = dict(self.settings.firmware)
             sources = replace(FirmwareSources(), **overrides)
+            timeouts = self.settings.timeouts
             self._firmware = FirmwareStore(
                 Path(self.hass.config.path(DOMAIN, "firmware")),
                 async_get_clientsession(self.hass),
                 self.hass.async_add_executor_job,
                 sources=sources,
+                timeout=ClientTimeout(
+                    total=timeouts.download, connect=20, sock_read=timeouts.download_stall
+                ),
             )
         return self._firmware
 

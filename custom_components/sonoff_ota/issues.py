@@ -6,8 +6,10 @@
   one is loaded, raised again if it goes.
 - `port_in_use`: a port a flash needs (8080 for FinalStage and the plain
   download listener; the TLS port for the fake cloud) is held by another
-  program. Raised when a port check or a listener fails, withdrawn when a later
-  check finds the port free. The issue is fixable: its repair flow checks again.
+  program. Raised when a port check or a listener fails (a bind can fail after
+  the check passed: another program took the port in between), withdrawn when a
+  later check finds the port free or a listener binds it. The issue is fixable:
+  its repair flow checks again.
 """
 
 from __future__ import annotations
@@ -66,3 +68,25 @@ def async_update_port_issue(hass: HomeAssistant, busy: Iterable[str]) -> None:
         translation_placeholders={"ports": ", ".join(ports)},
         data={"ports": ",".join(ports)},
     )
+
+
+def _issue_ports(hass: HomeAssistant) -> list[str]:
+    """The `host:port` strings the `port_in_use` issue names now (none if no issue)."""
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_PORT_IN_USE)
+    if issue is None or not issue.data:
+        return []
+    return [port for port in str(issue.data.get("ports") or "").split(",") if port]
+
+
+@callback
+def async_port_busy(hass: HomeAssistant, port: str) -> None:
+    """A bind of `host:port` failed: add it to `port_in_use` (raise the issue if needed)."""
+    async_update_port_issue(hass, [*_issue_ports(hass), port])
+
+
+@callback
+def async_port_bound(hass: HomeAssistant, port: str) -> None:
+    """A listener bound `host:port`: take it out of `port_in_use` (withdrawn when empty)."""
+    ports = _issue_ports(hass)
+    if port in ports:
+        async_update_port_issue(hass, [p for p in ports if p != port])

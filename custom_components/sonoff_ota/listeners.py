@@ -6,6 +6,12 @@ intermediate image. They run on their own `AppRunner` in HA's event loop (the
 `emulated_hue` pattern), never as a site on HA's runner, which would expose
 HA's whole API on them. There is no HA middleware on these apps: every view
 mounted here is unauthenticated by design and answers 404 to strangers.
+
+A flow checks the ports before anything irreversible, but another program can
+take one between that check and the bind. `start()` then gives the same outcome
+as the check: `PortInUseError`, the `port_in_use` repair issue naming the port,
+and nothing of the listener left open. A later successful bind takes the port
+out of the issue again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import ssl
 from aiohttp import web
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
+
+from .issues import async_port_bound, async_port_busy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ class PrivateListener:
     ) -> None:
         """Prepare (not yet bound) a listener serving `views`."""
         self.name = name
+        self._hass = hass
         self.host = host
         self.port = port
         self._ssl = ssl_context
@@ -70,8 +79,20 @@ class PrivateListener:
         except OSError as err:
             await runner.cleanup()
             if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                _LOGGER.warning(
+                    "%s cannot listen on %s:%s: another program took it",
+                    self.name,
+                    self.host,
+                    self.port,
+                )
+                async_port_busy(self._hass, f"{self.host}:{self.port}")
                 raise PortInUseError(self.host, self.port) from err
             raise
+        except BaseException:
+            await runner.cleanup()  # cancelled mid-bind: nothing may stay open
+            raise
+        if self.port:
+            async_port_bound(self._hass, f"{self.host}:{self.port}")
         self._runner = runner
         if self.port == 0 and site._server is not None:
             sockets = getattr(site._server, "sockets", None) or []

@@ -61,6 +61,10 @@ class Timeouts:
     """One Wi-Fi hop: association and address (host-wifi-hopping.md §1.6)."""
     wifi_scan: float = 5.0
     """Between two Wi-Fi scans while looking for the device's access point."""
+    download_stall: float = 60.0
+    """A firmware download that sends nothing for this long has stalled (sock_read)."""
+    download: float = 300.0
+    """A whole firmware download (a trickle that never stalls still ends)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,13 @@ an offline HA still has the images it fetched before (and says so).
   complete and verified, then written to a temporary file in the cache and
   renamed. A partial or failed download never reaches the cache.
 - Concurrent requests for one URL share one download (single-flight).
+- A download that stalls (headers, a few bytes, then nothing) ends after the
+  timeout's `sock_read` seconds without data (`total` bounds a trickle) with
+  `FirmwareErrorCode.TIMEOUT`: a clear error, never a hang, nothing kept.
+- The cache is an optimisation, never a requirement: when its directory is
+  read-only or full (any OSError while writing), the verified bytes stay in
+  memory for this flash (`StoredImage.data`) and a warning says why; a cache
+  that cannot be read counts as empty.
 - We never ship third-party binaries: every image comes from its public source
   at runtime (spec README "Known images").
 """
@@ -140,6 +147,7 @@ class FirmwareErrorCode(StrEnum):
     UNREACHABLE = "unreachable"  # url, reason (only seen as StoredImage.fetch_error)
     HTTP_STATUS = "http_status"  # url, status
     TRUNCATED = "truncated"  # url, received, expected
+    TIMEOUT = "timeout"  # url, received: the source stopped sending (or was too slow)
     DOWNLOAD_TOO_LARGE = "download_too_large"  # url, received, limit
     INVALID_IMAGE = "invalid_image"  # url or filename; details in `issues`
     CACHE_CORRUPT = "cache_corrupt"  # sha256: the cached file changed on disk
@@ -195,6 +203,8 @@ class StoredImage:
     fetch_error: FirmwareErrorCode | None = None  # why the network copy was not used
     fell_back: bool = False  # get_tasmota used the known-good older lite
     fallback_reason: FirmwareErrorCode | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    """The verified bytes, when the cache could not keep them (read-only or full)."""
 
     @property
     def synthetic(self) -> bool:
@@ -276,14 +286,21 @@ def _write_atomic(dest: Path, data: bytes) -> None:
 def _read_if_intact(path: Path, sha256: str) -> bytes | None:
     """The file's bytes if it exists and still hashes to `sha256`; else None.
 
-    A file that no longer matches is removed.
+    A file that no longer matches is removed (when the cache lets us). An
+    unreadable cache is an empty one.
     """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as err:
+        _LOGGER.warning("Firmware cache file %s unreadable (%s); ignoring it", path, err)
+        return None
     if sha256_hex(data) != sha256:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            _LOGGER.warning("Cannot remove the damaged cache file %s: %s", path, err)
         return None
     return data
 
@@ -316,10 +333,13 @@ def _save_index(path: Path, entries: dict[str, dict[str, Any]]) -> None:
 
 def _sweep_temporaries(images_dir: Path) -> None:
     """Remove temporary files left by a crash in the middle of a write."""
-    if not images_dir.is_dir():
-        return
-    for leftover in images_dir.glob(f".*{_TMP_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
+    try:
+        if not images_dir.is_dir():
+            return
+        for leftover in images_dir.glob(f".*{_TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+    except OSError as err:
+        _LOGGER.warning("Cannot tidy the firmware cache %s: %s", images_dir, err)
 
 
 class FirmwareStore:
@@ -482,7 +502,7 @@ class FirmwareStore:
                 issues=report.errors,
                 report=report,
             )
-        path = await self._keep(data, report.sha256)
+        path, memory = await self._keep(data, report.sha256)
         return StoredImage(
             path=path,
             sha256=report.sha256,
@@ -491,10 +511,13 @@ class FirmwareStore:
             report=report,
             filename=filename,
             source_url=None,
+            data=memory,
         )
 
     async def read_bytes(self, image: StoredImage) -> bytes:
         """The exact bytes to serve for `image`, checked against its sha256."""
+        if image.data is not None:  # the cache could not keep it: verified in memory
+            return image.data
         data = await self._run_blocking(_read_if_intact, image.path, image.sha256)
         if data is None:
             raise FirmwareUnavailableError(
@@ -550,8 +573,9 @@ class FirmwareStore:
         )
         if not report.ok:
             raise self._invalid(report, url)
-        path = await self._keep(data, report.sha256)
-        await self._remember(url, report, name)
+        path, memory = await self._keep(data, report.sha256)
+        if memory is None:
+            await self._remember(url, report, name)
         return StoredImage(
             path=path,
             sha256=report.sha256,
@@ -560,6 +584,7 @@ class FirmwareStore:
             report=report,
             filename=name,
             source_url=redact_url(url),
+            data=memory,
         )
 
     @staticmethod
@@ -586,7 +611,7 @@ class FirmwareStore:
         if data is None:
             async with self._lock:
                 self._index.pop(key, None)
-                await self._run_blocking(_save_index, self._index_path, dict(self._index))
+                await self._save_index()
             return None
         report = validate_image(
             data, role, filename=name, expected_sha256=expected, known_images=self._known_images
@@ -667,7 +692,17 @@ class FirmwareStore:
                 FirmwareErrorCode.TRUNCATED,
                 {"url": shown, "received": len(received), "expected": total or -1},
             ) from err
-        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        except aiohttp.ConnectionTimeoutError as err:  # never connected: unreachable
+            raise FirmwareUnavailableError(
+                FirmwareErrorCode.UNREACHABLE,
+                {"url": shown, "reason": type(err).__name__},
+            ) from err
+        except TimeoutError as err:  # connected, then no data for sock_read s (or total)
+            _LOGGER.warning("Download of %s stalled after %d bytes; given up", shown, len(received))
+            raise FirmwareUnavailableError(
+                FirmwareErrorCode.TIMEOUT, {"url": shown, "received": len(received)}
+            ) from err
+        except (aiohttp.ClientError, OSError) as err:
             raise FirmwareUnavailableError(
                 FirmwareErrorCode.UNREACHABLE,
                 {"url": shown, "reason": type(err).__name__},
@@ -698,13 +733,40 @@ class FirmwareStore:
                 await self._run_blocking(_sweep_temporaries, self._images_dir)
                 self._index = await self._run_blocking(_load_index, self._index_path)
 
-    async def _keep(self, data: bytes, sha256: str) -> Path:
-        """Put verified bytes into the cache (temporary file, then rename)."""
+    async def _keep(self, data: bytes, sha256: str) -> tuple[Path, bytes | None]:
+        """Put verified bytes into the cache (temporary file, then rename).
+
+        Returns the cache path, and the bytes themselves when the cache could not
+        keep them (read-only, full, or not a directory): the flash then serves them
+        from memory.
+        """
         path = self._image_path(sha256)
         async with self._lock:
-            if await self._run_blocking(_read_if_intact, path, sha256) is None:
+            if await self._run_blocking(_read_if_intact, path, sha256) is not None:
+                return path, None
+            try:
                 await self._run_blocking(_write_atomic, path, data)
-        return path
+            except OSError as err:
+                _LOGGER.warning(
+                    "Firmware cache %s cannot keep image %s (%s); serving it from memory",
+                    self._cache_dir,
+                    sha256,
+                    err.strerror or type(err).__name__,
+                )
+                return path, data
+        return path, None
+
+    async def _save_index(self) -> None:
+        """Write the index (lock held); a cache that cannot be written only loses it."""
+        assert self._index is not None
+        try:
+            await self._run_blocking(_save_index, self._index_path, dict(self._index))
+        except OSError as err:
+            _LOGGER.warning(
+                "Firmware cache index %s not saved (%s)",
+                self._index_path,
+                err.strerror or type(err).__name__,
+            )
 
     async def _remember(self, url: str, report: ImageReport, filename: str) -> None:
         """Record URL -> sha256 with the validation facts in the index."""
@@ -722,4 +784,4 @@ class FirmwareStore:
                 "warnings": [str(issue.code) for issue in report.warnings],
                 "fetched_at": int(time.time()),
             }
-            await self._run_blocking(_save_index, self._index_path, dict(self._index))
+            await self._save_index()
