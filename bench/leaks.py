@@ -254,8 +254,7 @@ async def setup_mode_timeout(bench: Bench) -> bool:
 
 async def diy_flash(bench: Bench, settings: Any, number: int, *, abort: bool = False) -> bool:
     """One DIY flash of a new device (to the end, or aborted mid-download)."""
-    from tests.dashboard_device import discover  # noqa: PLC0415
-    from tests.harness import tasmota_ap_port  # noqa: PLC0415
+    from tests.harness import discover, tasmota_ap_port  # noqa: PLC0415
     from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage  # noqa: PLC0415
     from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff  # noqa: PLC0415
     from virtual_sonoff.profile import Timing  # noqa: PLC0415

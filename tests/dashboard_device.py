@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any
 
-from homeassistant import config_entries
 from homeassistant.components.mqtt import config_flow as mqtt_config_flow
 from homeassistant.config_entries import ConfigEntry, ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import entity_registry as er
-from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
@@ -30,7 +27,14 @@ from pytest_homeassistant_custom_component.common import (
 
 from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.settings import Timeouts
-from tests.harness import WIFI, Firmware, install_settings, local_firmware, tasmota_ap_port
+from tests.harness import (
+    WIFI,
+    Firmware,
+    discover,
+    install_settings,
+    local_firmware,
+    tasmota_ap_port,
+)
 from virtual_sonoff.diy import DiyConfig, DiyDevice
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 
@@ -89,25 +93,6 @@ async def setup_entry(hass: HomeAssistant, **data: Any) -> MockConfigEntry:
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
     return entry
-
-
-async def discover(hass: HomeAssistant, device: DiyDevice) -> dict[str, Any]:
-    """Hand the device's announcement to the config flow."""
-    record = device.announcement()
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN,
-        context={"source": config_entries.SOURCE_ZEROCONF},
-        data=ZeroconfServiceInfo(
-            ip_address=ip_address(record.address),
-            ip_addresses=[ip_address(record.address)],
-            port=record.port,
-            hostname=record.server,
-            type=record.service_type,
-            name=record.name,
-            properties=dict(record.properties),
-        ),
-    )
-    return dict(result)
 
 
 @asynccontextmanager

@@ -1,19 +1,23 @@
-"""Shared pieces of the Home Assistant-level tests: loopback settings and firmware.
+"""Shared pieces of the Home Assistant-level tests: loopback settings, firmware, devices, flows.
 
 Every address the integration would use on a real network is injected here as
-a 127.0.0.1 port (the harness blocks every other address).
+a 127.0.0.1 port (the harness blocks every other address). The virtual Sonoffs
+run on loopback; the flow helpers drive the config flow as a user in the UI
+does, one named step of the story at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 import hashlib
+from ipaddress import ip_address
 import socket
 from typing import Any
 
+from homeassistant import config_entries
 from homeassistant.components.mqtt import config_flow as mqtt_config_flow
 from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.data_entry_flow import (
@@ -22,13 +26,20 @@ from homeassistant.data_entry_flow import (
     UnknownFlow,
 )
 from homeassistant.helpers import entity_registry as er
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from homeassistant.setup import async_setup_component
+import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD
+from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
 from tests.proto.firmware_server import FirmwareServer, firmware_server
+from virtual_sonoff.diy import DiyConfig, DiyDevice
+from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite
+from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.mosquitto import MosquittoBroker
+from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice
 from virtual_sonoff.tasmota import VirtualTasmota
 
 LOOPBACK = "127.0.0.1"
@@ -211,3 +222,232 @@ async def watching_frontend(hass: HomeAssistant) -> AsyncIterator[FrontendWatch]
         yield watch
     finally:
         unsubscribe()
+
+
+# -- virtual devices on loopback -------------------------------------------------------------
+
+SONOFFS: dict[int, VirtualSonoff] = {}
+"""The whole virtual Sonoff behind each eWeLink device a test holds."""
+
+
+@asynccontextmanager
+async def running_setup_device(
+    hass: HomeAssistant,
+    firmware: Firmware,
+    settings: Settings,
+    *,
+    timeouts: Timeouts | None = None,
+    **config: Any,
+) -> AsyncIterator[SetupModeDevice]:
+    """A virtual Sonoff in setup mode (Tasmota once flashed), the settings pointing at it."""
+    sonoff = VirtualSonoff(
+        "setup",
+        setup=SetupModeConfig(finalstage_server=(LOOPBACK, settings.finalstage_port), **config),
+        tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
+    )
+    async with sonoff:
+        device = sonoff.ewelink
+        assert isinstance(device, SetupModeDevice)
+        SONOFFS[id(device)] = sonoff
+        install_settings(
+            hass,
+            firmware,
+            finalstage_port=settings.finalstage_port,
+            setup_ap_url=device.ap_url,
+            tasmota_ap_url=settings.tasmota_ap_url,
+            **({"timeouts": timeouts} if timeouts is not None else {}),
+        )
+        try:
+            yield device
+        finally:
+            SONOFFS.pop(id(device), None)
+
+
+@asynccontextmanager
+async def setup_device(
+    hass: HomeAssistant, *, timeouts: Timeouts | None = None, **config: Any
+) -> AsyncIterator[tuple[SetupModeDevice, Firmware, Settings]]:
+    """Firmware served, a setup-mode device running (`config`), HA's http set up."""
+    async with local_firmware() as firmware:
+        settings = install_settings(hass, firmware)
+        async with running_setup_device(
+            hass, firmware, settings, timeouts=timeouts, **config
+        ) as device:
+            assert await async_setup_component(hass, "http", {})
+            yield device, firmware, settings
+
+
+@asynccontextmanager
+async def diy_device(
+    hass: HomeAssistant, *, tasmota_size: int = 480_000, **config: Any
+) -> AsyncIterator[tuple[DiyDevice, Firmware]]:
+    """Firmware served, a DIY-mode device running (`config`), HA's http set up."""
+    async with local_firmware(tasmota_size) as firmware:
+        settings = install_settings(hass, firmware)
+        sonoff = VirtualSonoff(
+            "diy",
+            diy=DiyConfig(**config),
+            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
+        )
+        async with sonoff:
+            device = sonoff.ewelink
+            assert isinstance(device, DiyDevice)
+            SONOFFS[id(device)] = sonoff
+            assert await async_setup_component(hass, "http", {})
+            try:
+                yield device, firmware
+            finally:
+                SONOFFS.pop(id(device), None)
+
+
+@asynccontextmanager
+async def bare_diy_devices(count: int, first: int) -> AsyncIterator[list[DiyDevice]]:
+    """`count` eWeLink DIY devices alone (no Tasmota behind them), each from its own
+    127.0.0.x source address, numbered from `first`."""
+    devices = [
+        DiyDevice(DiyConfig(deviceid=f"1000e4{first + i:04x}", source_host=f"127.0.0.{first + i}"))
+        for i in range(count)
+    ]
+    try:
+        for device in devices:
+            await device.start()
+        yield devices
+    finally:
+        for device in devices:
+            await device.stop()
+
+
+def flashed(device: DiyDevice) -> bytes | None:
+    """The image the device has at the Arduino offset (None: never flashed)."""
+    return device.flash.image_at(ARDUINO_OFFSET)
+
+
+# -- the flow, as the user drives it ------------------------------------------------------------
+
+REAL_MQTT_FLOWS = [
+    pytest.mark.mosquitto,
+    pytest.mark.parametrize("expected_lingering_timers", [True]),
+    pytest.mark.parametrize("expected_lingering_tasks", [True]),
+]
+"""`pytestmark` of the modules whose flows run on: every flow needs HA's MQTT (flashed
+devices report through it), a real Mosquitto. MQTT's periodic timer and hatasmota's
+debounce outlive a test by design."""
+
+
+def add_entry(hass: HomeAssistant, **data: Any) -> MockConfigEntry:
+    """An earlier run's entry: the home Wi-Fi (plus `data`) is known, not asked again."""
+    entry = MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data={**WIFI, **data})
+    entry.add_to_hass(hass)
+    return entry
+
+
+async def pick_path(hass: HomeAssistant, path: str) -> dict[str, Any]:
+    """The user opens the flow, gives the home Wi-Fi and picks `path` from the menu."""
+    result: Any = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
+    assert result["type"] is FlowResultType.MENU
+    return dict(
+        await hass.config_entries.flow.async_configure(result["flow_id"], {"next_step_id": path})
+    )
+
+
+async def close_dialog(hass: HomeAssistant, flow_id: str) -> None:
+    """The user closes the flow's dialog (whatever step it is at)."""
+    hass.config_entries.flow.async_abort(flow_id)
+    await hass.async_block_till_done()
+
+
+async def start_setup_mode_flash(hass: HomeAssistant, **fields: Any) -> dict[str, Any]:
+    """Setup mode: the user keeps the callback address (127.0.0.1) and starts the flash.
+
+    The host moves its own Wi-Fi (the harness's `wifi_hop`), and the form says so.
+    `fields` are more of the form's fields (e.g. `firmware`).
+    """
+    result: Any = await pick_path(hass, "setup_mode")
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "setup_mode"
+    assert result["description_placeholders"]["wifi_plan"].startswith("you move this host")
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"callback_host": LOOPBACK, **fields}
+    )
+    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    return dict(result)
+
+
+async def discover(hass: HomeAssistant, device: DiyDevice) -> dict[str, Any]:
+    """HA's zeroconf hands the device's `_ewelink._tcp` announcement to the flow."""
+    record = device.announcement()
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": config_entries.SOURCE_ZEROCONF},
+        data=ZeroconfServiceInfo(
+            ip_address=ip_address(record.address),
+            ip_addresses=[ip_address(record.address)],
+            port=record.port,
+            hostname=record.server,
+            type=record.service_type,
+            name=record.name,
+            properties=dict(record.properties),
+        ),
+    )
+    return dict(result)
+
+
+async def enter_address(hass: HomeAssistant, flow_id: str, port: int) -> dict[str, Any]:
+    """DIY by hand: the user types the device's address (127.0.0.1 and its `port`)."""
+    return dict(
+        await hass.config_entries.flow.async_configure(flow_id, {"host": LOOPBACK, "port": port})
+    )
+
+
+async def answer(hass: HomeAssistant, flow_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The user submits a step, and gives the home Wi-Fi when the flow asks for it next."""
+    result: Any = await hass.config_entries.flow.async_configure(flow_id, data)
+    if result["type"] is FlowResultType.FORM and result["step_id"] == "user":
+        result = await hass.config_entries.flow.async_configure(flow_id, WIFI)
+    return dict(result)
+
+
+async def submit(hass: HomeAssistant, flow_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """`answer`; when that starts the flash, let it end and fetch what follows."""
+    result = await answer(hass, flow_id, data)
+    if result["type"] is not FlowResultType.SHOW_PROGRESS:
+        return result
+    await hass.async_block_till_done(wait_background_tasks=True)
+    return await flow_result(hass, flow_id)
+
+
+async def flash_result(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
+    """Let the progress task run to its end, then fetch the flow's result as the UI does.
+
+    The flow must still be there: progress refreshes must never run it to its end
+    behind the frontend's back (that showed "Invalid flow specified" in the UI).
+    """
+    await hass.async_block_till_done(wait_background_tasks=True)
+    flows = {flow["flow_id"] for flow in hass.config_entries.flow.async_progress()}
+    assert flow_id in flows, "the flow ended before the frontend could fetch its result"
+    return await flow_result(hass, flow_id)
+
+
+async def confirm_and_flash(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
+    """The user confirms the DIY device (giving the Wi-Fi if asked); the flash runs to its end."""
+    result = await answer(hass, flow_id, {})
+    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    return await flash_result(hass, flow_id)
+
+
+async def start_flashes(hass: HomeAssistant, devices: Iterable[DiyDevice]) -> list[dict[str, Any]]:
+    """Every device is discovered and its flash confirmed, all before any of them ends."""
+    flows = [await discover(hass, device) for device in devices]
+    for flow in flows:
+        result = await hass.config_entries.flow.async_configure(flow["flow_id"], {})
+        assert result["type"] is FlowResultType.SHOW_PROGRESS
+    return flows
+
+
+def finished_device_id(final: dict[str, Any]) -> str:
+    """The HA device the finish step points at (`/config/devices/device/<id>`)."""
+    device_id: str = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
+    return device_id

@@ -10,19 +10,13 @@ exactly as HA's zeroconf integration would.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from ipaddress import ip_address
 from typing import Any
 
-from homeassistant import config_entries
 from homeassistant.components.http import ApiConfig
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
-from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.setup import async_setup_component
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.sonoff_ota.const import DOMAIN
@@ -30,109 +24,31 @@ from custom_components.sonoff_ota.flash_server import SERVER_KEY, async_get_flas
 from custom_components.sonoff_ota.settings import Timeouts, get_settings
 from tests.harness import (
     LOOPBACK,
-    WIFI,
-    Firmware,
+    REAL_MQTT_FLOWS,
+    SONOFFS,
+    add_entry,
+    answer,
     assert_tasmota_switch_works,
+    bare_diy_devices,
+    close_dialog,
+    confirm_and_flash,
+    discover,
+    diy_device,
+    enter_address,
+    finished_device_id,
+    flashed,
     flow_result,
     free_port,
     install_settings,
     local_firmware,
-    tasmota_ap_port,
+    pick_path,
+    start_flashes,
     wait_until,
 )
-from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage
-from virtual_sonoff.flash_memory import ARDUINO_OFFSET
-from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
+from virtual_sonoff.diy import DiyStage
 from virtual_sonoff.profile import Fault, Faults, Timing
 
-# Every flow needs HA's MQTT (flashed devices report through it): a real Mosquitto.
-# MQTT's periodic timer and hatasmota's debounce outlive a test by design.
-pytestmark = [
-    pytest.mark.mosquitto,
-    pytest.mark.parametrize("expected_lingering_timers", [True]),
-    pytest.mark.parametrize("expected_lingering_tasks", [True]),
-]
-
-
-def zeroconf_info(device: DiyDevice) -> ZeroconfServiceInfo:
-    record = device.announcement()
-    return ZeroconfServiceInfo(
-        ip_address=ip_address(record.address),
-        ip_addresses=[ip_address(record.address)],
-        port=record.port,
-        hostname=record.server,
-        type=record.service_type,
-        name=record.name,
-        properties=dict(record.properties),
-    )
-
-
-SONOFFS: dict[int, VirtualSonoff] = {}
-"""The whole virtual Sonoff behind each eWeLink device a test holds."""
-
-
-@asynccontextmanager
-async def diy_device(
-    hass: HomeAssistant, *, tasmota_size: int = 480_000, **config: Any
-) -> AsyncIterator[tuple[DiyDevice, Firmware]]:
-    async with local_firmware(tasmota_size) as firmware:
-        settings = install_settings(hass, firmware)
-        sonoff = VirtualSonoff(
-            "diy",
-            diy=DiyConfig(**config),
-            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
-        )
-        async with sonoff:
-            device = sonoff.ewelink
-            assert isinstance(device, DiyDevice)
-            SONOFFS[id(device)] = sonoff
-            assert await async_setup_component(hass, "http", {})
-            try:
-                yield device, firmware
-            finally:
-                SONOFFS.pop(id(device), None)
-
-
-async def discover(hass: HomeAssistant, device: DiyDevice) -> dict[str, Any]:
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN,
-        context={"source": config_entries.SOURCE_ZEROCONF},
-        data=zeroconf_info(device),
-    )
-    return dict(result)
-
-
-async def confirm_and_flash(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
-    result: Any = await hass.config_entries.flow.async_configure(flow_id, {})
-    if result["type"] is FlowResultType.FORM and result["step_id"] == "user":
-        result = await hass.config_entries.flow.async_configure(flow_id, WIFI)
-    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
-    await hass.async_block_till_done(wait_background_tasks=True)
-    for flow in hass.config_entries.flow.async_progress():
-        if flow["flow_id"] == flow_id:
-            return await flow_result(hass, flow_id)
-    return dict(result)
-
-
-def flashed(device: DiyDevice) -> bytes | None:
-    return device.flash.image_at(ARDUINO_OFFSET)
-
-
-@asynccontextmanager
-async def bare_diy_devices(count: int, first: int) -> AsyncIterator[list[DiyDevice]]:
-    """`count` eWeLink DIY devices alone (no Tasmota behind them), each from its own
-    127.0.0.x source address, numbered from `first`."""
-    devices = [
-        DiyDevice(DiyConfig(deviceid=f"1000e4{first + i:04x}", source_host=f"127.0.0.{first + i}"))
-        for i in range(count)
-    ]
-    try:
-        for device in devices:
-            await device.start()
-        yield devices
-    finally:
-        for device in devices:
-            await device.stop()
+pytestmark = REAL_MQTT_FLOWS
 
 
 @pytest.mark.parametrize("fw_version", ["3.3.0", "3.5.0", "3.6.0", "3.7.6"])
@@ -160,8 +76,7 @@ async def test_discovered_device_is_flashed_with_exactly_our_image(
         assert sum(r.path.endswith("ota_flash") for r in sent) == 1
         tasmota = SONOFFS[id(device)].tasmota
         assert tasmota is not None
-        device_id = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
-        await assert_tasmota_switch_works(hass, device_id, tasmota)
+        await assert_tasmota_switch_works(hass, finished_device_id(final), tasmota)
     server = hass.data[SERVER_KEY]
     assert server.active == {}
 
@@ -175,20 +90,16 @@ async def test_rediscovery_does_not_start_a_second_flow(
         second = await discover(hass, device)
         assert second["type"] is FlowResultType.ABORT
         assert second["reason"] == "already_in_progress"
-        hass.config_entries.flow.async_abort(first["flow_id"])
-        await hass.async_block_till_done()
+        await close_dialog(hass, first["flow_id"])
 
 
 async def test_known_device_address_is_updated_on_rediscovery(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, _):
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=DOMAIN,
-            data={**WIFI, "devices": {device.config.deviceid: {"host": "10.1.2.3", "port": 8081}}},
+        entry = add_entry(
+            hass, devices={device.config.deviceid: {"host": "10.1.2.3", "port": 8081}}
         )
-        entry.add_to_hass(hass)
         result = await discover(hass, device)
         assert result["type"] is FlowResultType.ABORT
         assert result["reason"] == "already_configured"
@@ -201,17 +112,9 @@ async def test_manual_entry_reaches_the_same_flash(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, firmware):
-        result: Any = await hass.config_entries.flow.async_init(
-            DOMAIN, context={"source": config_entries.SOURCE_USER}
-        )
-        result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "diy_manual"}
-        )
+        result = await pick_path(hass, "diy_manual")
         assert result["step_id"] == "diy_manual"
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"host": LOOPBACK, "port": device.port}
-        )
+        result = await enter_address(hass, result["flow_id"], device.port)
         assert result["step_id"] == "diy_confirm"
         final = await confirm_and_flash(hass, result["flow_id"])
         assert final["type"] is FlowResultType.CREATE_ENTRY
@@ -223,24 +126,13 @@ async def test_manual_entry_of_a_dead_address_says_so_and_recovers(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with diy_device(hass) as (device, _):
-        result: Any = await hass.config_entries.flow.async_init(
-            DOMAIN, context={"source": config_entries.SOURCE_USER}
-        )
-        result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "diy_manual"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"host": LOOPBACK, "port": free_port()}
-        )
+        result = await pick_path(hass, "diy_manual")
+        result = await enter_address(hass, result["flow_id"], free_port())
         assert result["type"] is FlowResultType.FORM
         assert result["errors"] == {"base": "diy_unreachable"}
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"host": LOOPBACK, "port": device.port}
-        )
+        result = await enter_address(hass, result["flow_id"], device.port)
         assert result["step_id"] == "diy_confirm"
-        hass.config_entries.flow.async_abort(result["flow_id"])
-        await hass.async_block_till_done()
+        await close_dialog(hass, result["flow_id"])
 
 
 async def test_already_unlocked_device_is_not_unlocked_again(
@@ -322,9 +214,7 @@ async def test_device_vanishing_mid_flash_is_never_flashed_twice(
         )
         result = await discover(hass, device)
         flow_id = result["flow_id"]
-        progress = await hass.config_entries.flow.async_configure(flow_id, {})
-        if progress["step_id"] == "user":
-            progress = await hass.config_entries.flow.async_configure(flow_id, WIFI)
+        await answer(hass, flow_id, {})
         await wait_until(lambda: len(device.downloads) >= 3)
         await device.stop()  # power cut in the middle of the download
         await hass.async_block_till_done(wait_background_tasks=True)
@@ -359,8 +249,7 @@ async def test_lost_result_callback_after_a_whole_download_goes_on_to_tasmota(
         assert sum(r.path.endswith("ota_flash") for r in device.requests) == 1
         tasmota = SONOFFS[id(device)].tasmota
         assert tasmota is not None
-        device_id = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
-        await assert_tasmota_switch_works(hass, device_id, tasmota)
+        await assert_tasmota_switch_works(hass, finished_device_id(final), tasmota)
 
 
 async def test_stalled_device_times_out_at_the_flash(
@@ -396,7 +285,7 @@ async def test_ten_devices_flash_at_once(
     async with local_firmware() as firmware:
         install_settings(hass, firmware)
         assert await async_setup_component(hass, "http", {})
-        MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data=WIFI).add_to_hass(hass)
+        add_entry(hass)
         # The DIY part is what this test is about: the ten Tasmotas boot with their APs
         # out of reach, so each flow stops at the hand-off (a real host joins one AP at a
         # time; that is the phone-link path).
@@ -406,10 +295,7 @@ async def test_ten_devices_flash_at_once(
             timeouts=Timeouts(diy_request=2, diy_flash=20, tasmota_ap=0.5, discovery=0.5),
         )
         async with bare_diy_devices(10, first=10) as devices:
-            flows = [await discover(hass, device) for device in devices]
-            for flow in flows:
-                result = await hass.config_entries.flow.async_configure(flow["flow_id"], {})
-                assert result["type"] is FlowResultType.SHOW_PROGRESS
+            flows = await start_flashes(hass, devices)
             await hass.async_block_till_done(wait_background_tasks=True)
             await asyncio.gather(*(d.wait_for_stage(DiyStage.TASMOTA, 20) for d in devices))
             for device in devices:

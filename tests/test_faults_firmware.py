@@ -40,11 +40,10 @@ from custom_components.sonoff_ota.proto.firmware_store import (
     FirmwareUnavailableError,
 )
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, get_settings
-from tests.harness import LOOPBACK
+from tests.harness import LOOPBACK, confirm_and_flash, discover, diy_device, flashed, submit
 from tests.leak_check import our_tasks, snapshot
 from tests.proto.firmware_server import firmware_server
-from tests.test_diy_flow import confirm_and_flash, discover, diy_device, flashed
-from tests.test_firmware_flow import submit, untouched
+from tests.test_firmware_flow import untouched
 from virtual_sonoff.images import tasmota_lite
 
 PROMISED = 480_000

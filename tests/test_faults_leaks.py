@@ -15,10 +15,20 @@ from homeassistant.setup import async_setup_component
 import pytest
 
 from custom_components.sonoff_ota.settings import Timeouts
-from tests.harness import LOOPBACK, free_port, install_settings, local_firmware
+from tests.harness import (
+    LOOPBACK,
+    SONOFFS as DIY_SONOFFS,
+    confirm_and_flash,
+    discover,
+    diy_device,
+    flash_result,
+    free_port,
+    install_settings,
+    local_firmware,
+    setup_device,
+    start_setup_mode_flash,
+)
 from tests.leak_check import Snapshot, listening_sockets, snapshot
-from tests.test_diy_flow import SONOFFS as DIY_SONOFFS, confirm_and_flash, discover, diy_device
-from tests.test_setup_mode_flow import finish, setup_device, start_flow
 from virtual_sonoff.profile import Timing
 from virtual_sonoff.setup_mode import Stage as DeviceStage
 
@@ -60,7 +70,7 @@ async def test_setup_mode_flash_aborted_mid_download_leaves_nothing(
     async with setup_device(hass, timing=Timing(chunk_delay=0.05)) as (device, _, settings):
         await settle(hass)
         before = await snapshot(hass)
-        result = await start_flow(hass)
+        result = await start_setup_mode_flash(hass)
         await device.wait_for_stage(DeviceStage.DOWNLOADING)
         during = await snapshot(hass)
         assert during.listeners, "the flash had its listeners open"
@@ -87,8 +97,8 @@ async def test_setup_mode_flash_that_timed_out_and_was_cancelled_leaves_nothing(
         assert await async_setup_component(hass, "http", {})
         await settle(hass)
         before = await snapshot(hass)
-        result = await start_flow(hass)
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        final = await flash_result(hass, result["flow_id"])
         assert final["step_id"] == "stage_timeout"
         cancelled = await hass.config_entries.flow.async_configure(
             final["flow_id"], {"next_step_id": "cancel"}

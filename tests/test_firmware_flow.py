@@ -10,33 +10,41 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from aiohttp import FormData
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.setup import async_setup_component
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.flash_server import async_get_flash_server
 from custom_components.sonoff_ota.proto.firmware_image import ImageRole
 from custom_components.sonoff_ota.settings import Timeouts
-from tests.harness import WIFI, flow_result, free_port, install_settings, local_firmware
-from tests.test_diy_flow import bare_diy_devices, discover, diy_device, flashed
-from tests.test_setup_mode_flow import finish, setup_device
+from tests.harness import (
+    REAL_MQTT_FLOWS,
+    add_entry,
+    bare_diy_devices,
+    discover,
+    diy_device,
+    flash_result,
+    flashed,
+    flow_result,
+    free_port,
+    install_settings,
+    local_firmware,
+    setup_device,
+    start_flashes,
+    start_setup_mode_flash,
+    submit,
+)
 from virtual_sonoff.diy import DiyDevice, DiyStage
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.images import MAGIC_V2, make_image, tasmota_lite
 from virtual_sonoff.setup_mode import Stage as DeviceStage
 
-pytestmark = [
-    pytest.mark.mosquitto,
-    pytest.mark.parametrize("expected_lingering_timers", [True]),
-    pytest.mark.parametrize("expected_lingering_tasks", [True]),
-]
+pytestmark = REAL_MQTT_FLOWS
 
 OTHER_RELEASE = "14.4.1"
 
@@ -44,17 +52,6 @@ OTHER_RELEASE = "14.4.1"
 def untouched(device: DiyDevice) -> bool:
     """The device got no flash request and served no download."""
     return not device.downloads and not [r for r in device.requests if r.path.endswith("flash")]
-
-
-async def submit(hass: HomeAssistant, flow_id: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Submit a step; on a progress step let the task end and fetch what follows."""
-    result: Any = await hass.config_entries.flow.async_configure(flow_id, data)
-    if result["type"] is FlowResultType.FORM and result["step_id"] == "user":
-        result = await hass.config_entries.flow.async_configure(flow_id, WIFI)
-    if result["type"] is not FlowResultType.SHOW_PROGRESS:
-        return dict(result)
-    await hass.async_block_till_done(wait_background_tasks=True)
-    return await flow_result(hass, flow_id)
 
 
 async def upload(client_factory: ClientSessionGenerator, name: str, data: bytes) -> str:
@@ -254,13 +251,10 @@ async def test_two_flows_needing_the_same_image_download_it_once(
             timeouts=Timeouts(diy_request=2, diy_flash=20, tasmota_ap=0.5, discovery=0.5),
         )
         assert await async_setup_component(hass, "http", {})
-        MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data=WIFI).add_to_hass(hass)
+        add_entry(hass)
         async with bare_diy_devices(2, first=30) as devices:
             firmware.server.gate = asyncio.Event()  # hold the first download open
-            flows = [await discover(hass, device) for device in devices]
-            for flow in flows:
-                result = await hass.config_entries.flow.async_configure(flow["flow_id"], {})
-                assert result["type"] is FlowResultType.SHOW_PROGRESS
+            flows = await start_flashes(hass, devices)
             await asyncio.sleep(0.2)
             firmware.server.gate.set()
             await hass.async_block_till_done(wait_background_tasks=True)
@@ -278,17 +272,8 @@ async def test_setup_mode_flashes_the_release_chosen_in_the_form(
     async with setup_device(hass) as (device, firmware, _):
         chosen = tasmota_lite(500_000)
         firmware.server.files[f"tasmota-{OTHER_RELEASE}-lite.bin"] = chosen
-        result: Any = await hass.config_entries.flow.async_init(DOMAIN, context={"source": "user"})
-        result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "setup_mode"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {"callback_host": "127.0.0.1", "firmware": {"tasmota_version": OTHER_RELEASE}},
-        )
-        assert result["type"] is FlowResultType.SHOW_PROGRESS, result
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass, firmware={"tasmota_version": OTHER_RELEASE})
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.CREATE_ENTRY, final
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert device.flash.image_at(ARDUINO_OFFSET) == chosen

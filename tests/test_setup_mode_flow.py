@@ -9,118 +9,46 @@ virtual device listening on loopback ports that the settings point at.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 import contextlib
-from contextlib import asynccontextmanager
 import socket
 import ssl
 from typing import Any
 
-from homeassistant import config_entries
 from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import (
-    FlowResultType,
-)
+from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.setup import async_setup_component
 import pytest
 
 from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.flash_server import SERVER_KEY
-from custom_components.sonoff_ota.settings import Settings, Timeouts
+from custom_components.sonoff_ota.settings import Timeouts
 from tests.harness import (
     LOOPBACK,
+    REAL_MQTT_FLOWS,
+    SONOFFS,
     WIFI,
-    Firmware,
     assert_tasmota_switch_works,
+    close_dialog,
+    finished_device_id,
+    flash_result,
     flow_result,
     free_port,
     install_settings,
     local_firmware,
-    tasmota_ap_port,
+    pick_path,
+    running_setup_device,
+    setup_device,
+    start_setup_mode_flash,
     wait_until,
     watching_frontend,
 )
 from tests.proto.legacy_clients import expect_failed_handshakes, legacy_client_context
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.legacy_tls import TlsVariant
-from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Fault, Faults, Timing
-from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
+from virtual_sonoff.setup_mode import Stage as DeviceStage
 
-# Every flow needs HA's MQTT (flashed devices report through it): a real Mosquitto.
-# MQTT's periodic timer and hatasmota's debounce outlive a test by design.
-pytestmark = [
-    pytest.mark.mosquitto,
-    pytest.mark.parametrize("expected_lingering_timers", [True]),
-    pytest.mark.parametrize("expected_lingering_tasks", [True]),
-]
-
-SONOFFS: dict[int, VirtualSonoff] = {}
-"""The whole virtual Sonoff behind each eWeLink device a test holds."""
-
-
-@asynccontextmanager
-async def setup_device(
-    hass: HomeAssistant, *, timeouts: Timeouts | None = None, **config: Any
-) -> AsyncIterator[tuple[SetupModeDevice, Firmware, Settings]]:
-    async with local_firmware() as firmware:
-        settings = install_settings(hass, firmware)
-        device_config = SetupModeConfig(
-            finalstage_server=(LOOPBACK, settings.finalstage_port), **config
-        )
-        sonoff = VirtualSonoff(
-            "setup",
-            setup=device_config,
-            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
-        )
-        async with sonoff:
-            device = sonoff.ewelink
-            assert isinstance(device, SetupModeDevice)
-            SONOFFS[id(device)] = sonoff
-            install_settings(
-                hass,
-                firmware,
-                finalstage_port=settings.finalstage_port,
-                setup_ap_url=device.ap_url,
-                tasmota_ap_url=settings.tasmota_ap_url,
-                **({"timeouts": timeouts} if timeouts is not None else {}),
-            )
-            assert await async_setup_component(hass, "http", {})
-            try:
-                yield device, firmware, settings
-            finally:
-                SONOFFS.pop(id(device), None)
-
-
-async def start_flow(hass: HomeAssistant) -> dict[str, Any]:
-    result: Any = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": config_entries.SOURCE_USER}
-    )
-    result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
-    assert result["type"] is FlowResultType.MENU
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {"next_step_id": "setup_mode"}
-    )
-    assert result["type"] is FlowResultType.FORM
-    assert result["step_id"] == "setup_mode"
-    assert result["description_placeholders"]["wifi_plan"].startswith("you move this host")
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {"callback_host": LOOPBACK}
-    )
-    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
-    return dict(result)
-
-
-async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
-    """Let the progress task run to its end, then fetch the flow's result as the UI does.
-
-    The flow must still be there: progress refreshes must never run it to its end
-    behind the frontend's back (that showed "Invalid flow specified" in the UI).
-    """
-    await hass.async_block_till_done(wait_background_tasks=True)
-    flows = {flow["flow_id"] for flow in hass.config_entries.flow.async_progress()}
-    assert flow_id in flows, "the flow ended before the frontend could fetch its result"
-    return await flow_result(hass, flow_id)
+pytestmark = REAL_MQTT_FLOWS
 
 
 @pytest.mark.parametrize(("slot", "sessions"), [("user2", 2), ("user1", 1)])
@@ -128,8 +56,8 @@ async def test_happy_path_flashes_exactly_the_tasmota_we_served(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None, slot: str, sessions: int
 ) -> None:
     async with setup_device(hass, running_slot=slot) as (device, firmware, _):
-        result = await start_flow(hass)
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        final = await flash_result(hass, result["flow_id"])
         entries = hass.config_entries.async_entries(DOMAIN)
         assert len(entries) == 1, final
         assert {key: entries[0].data[key] for key in WIFI} == WIFI
@@ -142,8 +70,7 @@ async def test_happy_path_flashes_exactly_the_tasmota_we_served(
         tasmota = SONOFFS[id(device)].tasmota
         assert tasmota is not None
         assert tasmota.config.ssid1 == WIFI["ssid"]
-        device_id = final["description_placeholders"]["device_path"].rsplit("/", 1)[1]
-        await assert_tasmota_switch_works(hass, device_id, tasmota)
+        await assert_tasmota_switch_works(hass, finished_device_id(final), tasmota)
     server = hass.data[SERVER_KEY]
     assert server.active == {}
     assert server.images.fixed is None
@@ -154,8 +81,8 @@ async def test_lost_ap_reply_is_maybe_accepted_and_the_flash_goes_on(
 ) -> None:
     faults = Faults({Fault.LOSE_AP_REPLY})
     async with setup_device(hass, faults=faults) as (device, firmware, _):
-        result = await start_flow(hass)
-        await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        await flash_result(hass, result["flow_id"])
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
         assert hass.config_entries.async_entries(DOMAIN)
@@ -165,8 +92,8 @@ async def test_tls_1_1_only_firmware_completes(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:
     async with setup_device(hass, tls_variant=TlsVariant.TLS11) as (device, firmware, _):
-        result = await start_flow(hass)
-        await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        await flash_result(hass, result["flow_id"])
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
 
@@ -180,8 +107,8 @@ async def test_pinned_certificate_firmware_gets_the_clear_error(
         expect_failed_handshakes(1),
         setup_device(hass, rom_version=rom_version) as (device, _, _),
     ):
-        result = await start_flow(hass)
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.ABORT
         assert final["reason"] == "certificate_pinned"
         assert device.reached(DeviceStage.TLS_REJECTED)
@@ -193,8 +120,8 @@ async def test_old_non_range_firmware_gets_404_then_the_paced_retry(
 ) -> None:
     """Old firmware does one plain GET and rejects an unpaced body (the "404 problem")."""
     async with setup_device(hass, rom_version="1.5.2", uses_range=False) as (device, firmware, _):
-        result = await start_flow(hass)
-        await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        await flash_result(hass, result["flow_id"])
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert [ack.error for ack in device.acks if ack.action == "upgrade"] == [404, 0]
         assert all(d.range is None for d in device.downloads)
@@ -206,8 +133,8 @@ async def test_corrupted_download_gives_404_twice_and_no_flash(
 ) -> None:
     faults = Faults({Fault.CORRUPT_BYTE})
     async with setup_device(hass, faults=faults) as (device, _, _):
-        result = await start_flow(hass)
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.ABORT
         assert final["reason"] == "upgrade_rejected"
         assert [ack.error for ack in device.acks if ack.action == "upgrade"] == [404, 404]
@@ -220,10 +147,10 @@ async def test_disconnect_mid_download_recovers_on_the_retry(
 ) -> None:
     faults = Faults({Fault.DROP_MID_DOWNLOAD})
     async with setup_device(hass, faults=faults) as (device, firmware, _):
-        result = await start_flow(hass)
+        result = await start_setup_mode_flash(hass)
         await wait_until(lambda: device.acks, within=10)
         faults.discard(Fault.DROP_MID_DOWNLOAD)  # the network is fine again
-        await finish(hass, result["flow_id"])
+        await flash_result(hass, result["flow_id"])
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert [ack.error for ack in device.acks if ack.action == "upgrade"] == [404, 0]
         assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
@@ -236,13 +163,7 @@ async def test_busy_port_is_reported_before_anything_happens(
         with socket.socket() as holder:
             holder.bind((LOOPBACK, settings.finalstage_port))
             holder.listen()
-            result: Any = await hass.config_entries.flow.async_init(
-                DOMAIN, context={"source": config_entries.SOURCE_USER}
-            )
-            result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
-            result = await hass.config_entries.flow.async_configure(
-                result["flow_id"], {"next_step_id": "setup_mode"}
-            )
+            result: Any = await pick_path(hass, "setup_mode")
             result = await hass.config_entries.flow.async_configure(
                 result["flow_id"], {"callback_host": LOOPBACK}
             )
@@ -254,7 +175,7 @@ async def test_busy_port_is_reported_before_anything_happens(
             result["flow_id"], {"callback_host": LOOPBACK}
         )
         assert result["type"] is FlowResultType.SHOW_PROGRESS
-        await finish(hass, result["flow_id"])
+        await flash_result(hass, result["flow_id"])
 
 
 async def test_setup_ap_timeout_offers_a_retry_then_succeeds(
@@ -272,34 +193,17 @@ async def test_setup_ap_timeout_offers_a_retry_then_succeeds(
             timeouts=Timeouts(setup_ap=0.3, dispatch=5, upgrade=10, finalstage=10),
         )
         assert await async_setup_component(hass, "http", {})
-        result = await start_flow(hass)
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.MENU
         assert final["step_id"] == "stage_timeout"
         assert final["description_placeholders"]["stage"] == "wait_setup_ap"
-        device_config = SetupModeConfig(
-            ap_port=ap_port, finalstage_server=(LOOPBACK, settings.finalstage_port)
-        )
-        sonoff = VirtualSonoff(
-            "setup",
-            setup=device_config,
-            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
-        )
-        async with sonoff:
-            device = sonoff.ewelink
-            assert isinstance(device, SetupModeDevice)
-            install_settings(
-                hass,
-                firmware,
-                finalstage_port=settings.finalstage_port,
-                setup_ap_url=device.ap_url,
-                tasmota_ap_url=settings.tasmota_ap_url,
-            )
+        async with running_setup_device(hass, firmware, settings, ap_port=ap_port) as device:
             resumed = await hass.config_entries.flow.async_configure(
                 final["flow_id"], {"next_step_id": "flash"}
             )
             assert resumed["type"] is FlowResultType.SHOW_PROGRESS
-            done = await finish(hass, resumed["flow_id"])
+            done = await flash_result(hass, resumed["flow_id"])
             assert done["type"] is FlowResultType.CREATE_ENTRY, done
             await device.wait_for_stage(DeviceStage.TASMOTA)
             assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
@@ -341,8 +245,8 @@ async def test_slow_device_times_out_and_the_retry_waits_on_without_restarting(
     even when the timeout fell in the middle of the intermediate download.
     """
     async with setup_device(hass, timing=timing, timeouts=timeouts) as (device, firmware, _):
-        result = await start_flow(hass)
-        final = await finish(hass, result["flow_id"])
+        result = await start_setup_mode_flash(hass)
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.MENU, final
         assert final["step_id"] == "stage_timeout"
         assert final["description_placeholders"]["stage"] == stage
@@ -354,7 +258,7 @@ async def test_slow_device_times_out_and_the_retry_waits_on_without_restarting(
                 flow_id, {"next_step_id": "flash"}
             )
             assert resumed["type"] is FlowResultType.SHOW_PROGRESS
-            final = await finish(hass, flow_id)
+            final = await flash_result(hass, flow_id)
         assert final["type"] is FlowResultType.CREATE_ENTRY, final
         await device.wait_for_stage(DeviceStage.TASMOTA)
         assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
@@ -372,9 +276,9 @@ async def test_timeout_then_cancel_closes_every_port(
             timeouts=Timeouts(setup_ap=0.2),
         )
         assert await async_setup_component(hass, "http", {})
-        result = await start_flow(hass)
+        result = await start_setup_mode_flash(hass)
         server = hass.data[SERVER_KEY]
-        final = await finish(hass, result["flow_id"])
+        final = await flash_result(hass, result["flow_id"])
         assert final["step_id"] == "stage_timeout"
         tls_port = server.tls_port
         assert tls_port
@@ -401,7 +305,7 @@ async def test_abort_at_any_stage_closes_every_port(
         if device_stage is DeviceStage.AP_MODE:
             # the flow waits on the AP: make the device unreachable before it starts
             await device.stop()
-        result = await start_flow(hass)
+        result = await start_setup_mode_flash(hass)
         server = hass.data[SERVER_KEY]
         if device_stage is DeviceStage.AP_MODE:
             await wait_until(lambda: server.tls_port)  # the flow opened its listeners
@@ -415,8 +319,7 @@ async def test_abort_at_any_stage_closes_every_port(
         assert result["flow_id"] in {
             f["flow_id"] for f in hass.config_entries.flow.async_progress()
         }
-        hass.config_entries.flow.async_abort(result["flow_id"])
-        await hass.async_block_till_done()
+        await close_dialog(hass, result["flow_id"])
         assert_closed(tls_port)
         assert_closed(settings.finalstage_port)
         assert server.active == {}
@@ -452,7 +355,7 @@ async def test_a_watching_frontend_sees_each_stage_and_then_the_result(
     (a refresh that ran the flow to its end itself made the UI say "Invalid flow").
     """
     async with setup_device(hass) as (device, firmware, _), watching_frontend(hass) as watch:
-        result = await start_flow(hass)
+        result = await start_setup_mode_flash(hass)
         flow_id = watch.flow_id = result["flow_id"]
         await hass.async_block_till_done(wait_background_tasks=True)
         await wait_until(lambda: any(r["step_id"] == "finish" for r in watch.fetched))

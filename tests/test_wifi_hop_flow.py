@@ -19,21 +19,21 @@ from pathlib import Path
 import socket
 from typing import Any
 
-from homeassistant import config_entries
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.setup import async_setup_component
 import pytest
 
-from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.settings import Timeouts
 from tests.harness import (
     LOOPBACK,
-    WIFI,
-    flow_result,
+    REAL_MQTT_FLOWS,
+    close_dialog,
+    flash_result,
     free_port,
     install_settings,
     local_firmware,
+    pick_path,
     tasmota_ap_port,
     wait_until,
     watching_frontend,
@@ -52,11 +52,7 @@ from virtual_sonoff.profile import Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
 from virtual_sonoff.tasmota import TasmotaMode
 
-pytestmark = [
-    pytest.mark.mosquitto,
-    pytest.mark.parametrize("expected_lingering_timers", [True]),
-    pytest.mark.parametrize("expected_lingering_tasks", [True]),
-]
+pytestmark = REAL_MQTT_FLOWS
 
 DEVICEID = "10000b77c1"
 ITEAD = f"ITEAD-{DEVICEID}"
@@ -253,26 +249,6 @@ async def hop_world(
                 await tasmota_gate.close()
 
 
-async def to_setup_mode(hass: HomeAssistant) -> dict[str, Any]:
-    result: Any = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": config_entries.SOURCE_USER}
-    )
-    result = await hass.config_entries.flow.async_configure(result["flow_id"], WIFI)
-    return dict(
-        await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "setup_mode"}
-        )
-    )
-
-
-async def finish(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
-    await hass.async_block_till_done(wait_background_tasks=True)
-    for flow in hass.config_entries.flow.async_progress():
-        if flow["flow_id"] == flow_id:
-            return await flow_result(hass, flow_id)
-    return {}
-
-
 async def test_flash_with_automatic_wifi_hops(
     hass: HomeAssistant, bus: BusConfig, real_mqtt: None
 ) -> None:
@@ -282,7 +258,7 @@ async def test_flash_with_automatic_wifi_hops(
     the hop (a gate opens while NM is joined to it).
     """
     async with hop_world(hass, bus) as world:
-        form = await to_setup_mode(hass)
+        form = await pick_path(hass, "setup_mode")
         assert form["type"] is FlowResultType.FORM
         assert form["description_placeholders"]["wifi_backend"] == "networkmanager"
         assert form["description_placeholders"]["wifi_interface"] == "wlan0"
@@ -294,7 +270,7 @@ async def test_flash_with_automatic_wifi_hops(
             form["flow_id"], {"callback_host": LOOPBACK}
         )
         assert result["type"] is FlowResultType.SHOW_PROGRESS
-        final = await finish(hass, result["flow_id"])
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.CREATE_ENTRY, final
         device = world.device
         await device.wait_for_stage(DeviceStage.TASMOTA)
@@ -320,12 +296,12 @@ async def test_hop_progress_speaks_has_language(
     """The hop's live status in the progress text follows HA's language (German here)."""
     hass.config.language = "de"
     async with hop_world(hass, bus), watching_frontend(hass) as watch:
-        form = await to_setup_mode(hass)
+        form = await pick_path(hass, "setup_mode")
         result = await hass.config_entries.flow.async_configure(
             form["flow_id"], {"callback_host": LOOPBACK}
         )
         watch.flow_id = result["flow_id"]
-        final = await finish(hass, result["flow_id"])
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.CREATE_ENTRY, final
         await hass.async_block_till_done()
     texts = watch.progress_placeholders("wifi_hop")
@@ -337,7 +313,7 @@ async def test_lan_on_a_device_subnet_is_refused(
     hass: HomeAssistant, bus: BusConfig, real_mqtt: None
 ) -> None:
     async with hop_world(hass, bus, eth_address="192.168.4.10/24") as world:
-        result = await to_setup_mode(hass)
+        result = await pick_path(hass, "setup_mode")
         assert result["type"] is FlowResultType.ABORT
         assert result["reason"] == "wifi_lan_clash"
         assert "192.168.4.0/24" in result["description_placeholders"]["detail"]
@@ -348,7 +324,7 @@ async def test_wifi_only_host_needs_an_explicit_confirmation(
     hass: HomeAssistant, bus: BusConfig, real_mqtt: None
 ) -> None:
     async with hop_world(hass, bus, eth_address=None) as world:
-        form = await to_setup_mode(hass)
+        form = await pick_path(hass, "setup_mode")
         assert form["type"] is FlowResultType.FORM
         assert "confirm_wifi_only" in str(form["data_schema"].schema)
         again = await hass.config_entries.flow.async_configure(
@@ -362,8 +338,7 @@ async def test_wifi_only_host_needs_an_explicit_confirmation(
         )
         assert started["type"] is FlowResultType.SHOW_PROGRESS
         await wait_until(lambda: world.device.reached(DeviceStage.JOINING_WIFI), within=10)
-        hass.config_entries.flow.async_abort(started["flow_id"])
-        await hass.async_block_till_done()
+        await close_dialog(hass, started["flow_id"])
         await wait_until(lambda: world.nm.wifi_ssid() == "HomeNet")
 
 
@@ -373,14 +348,13 @@ async def test_abort_mid_hop_restores_the_network(
     """The user closes the dialog while the (fake) radio is still associating to ITEAD."""
     async with hop_world(hass, bus) as world:
         world.nm.hold_activation = True
-        form = await to_setup_mode(hass)
+        form = await pick_path(hass, "setup_mode")
         result = await hass.config_entries.flow.async_configure(
             form["flow_id"], {"callback_host": LOOPBACK}
         )
         await wait_until(lambda: "AddAndActivateConnection2" in world.nm.log.names(), within=10)
         assert world.nm.wifi_ssid() is None  # home dropped, ITEAD still associating
-        hass.config_entries.flow.async_abort(result["flow_id"])
-        await hass.async_block_till_done()
+        await close_dialog(hass, result["flow_id"])
         world.nm.hold_activation = False
         await wait_until(lambda: world.nm.wifi_ssid() == "HomeNet")
         assert "CheckpointRollback" in world.nm.log.names()
@@ -392,11 +366,11 @@ async def test_wrong_psk_ends_with_its_message(
 ) -> None:
     """The setup AP does not take 12345678 (e.g. a changed firmware)."""
     async with hop_world(hass, bus, itead_psk="other-psk") as world:
-        form = await to_setup_mode(hass)
+        form = await pick_path(hass, "setup_mode")
         result = await hass.config_entries.flow.async_configure(
             form["flow_id"], {"callback_host": LOOPBACK}
         )
-        final = await finish(hass, result["flow_id"])
+        final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.ABORT
         assert final["reason"] == "wifi_wrong_psk"
         assert final["description_placeholders"]["ssid"] == ITEAD

@@ -10,12 +10,13 @@ refused on the form it was picked in, before anything else happens.
 (`firmware_<code>`, one per failure, with the first image issue for an invalid
 image) and the placeholders its text needs. The same keys exist under
 `config.error` (flow forms) and `exceptions` (the dashboard's install action).
+`FirmwareState` is what one config flow knows of the choice between its steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import logging
 from typing import Any
 
@@ -112,6 +113,29 @@ def firmware_section() -> dict[Any, Any]:
     # probatio at runtime), 2025.x with voluptuous ones.
     fields: Any = vol.Schema(firmware_fields())
     return {vol.Required(CONF_FIRMWARE, default={}): section(fields, {"collapsed": True})}
+
+
+@dataclass(slots=True)
+class FirmwareState:
+    """One flow's firmware: the choice, what was typed, and what stops or delays the flash."""
+
+    choice: FirmwareChoice = field(default_factory=FirmwareChoice)
+    values: dict[str, Any] = field(default_factory=dict)
+    """What was typed, for the `firmware` step (never the upload: its id is gone once read)."""
+    checked: bool = False
+    """The chosen image was fetched and checked for this flash."""
+    error: tuple[str, dict[str, str]] | None = None
+    """The image cannot be used: the `firmware` step's error key and placeholders."""
+    notice: tuple[str, dict[str, str]] | None = None
+    """The image is not exactly the one asked for: the notice step and its placeholders."""
+
+    def step_after_check(self) -> str | None:
+        """The firmware step the flow shows before (or instead of) the flash, if any."""
+        if self.error is not None:
+            return "firmware"
+        if self.notice is not None:
+            return self.notice[0]
+        return None
 
 
 @dataclass(frozen=True, slots=True)

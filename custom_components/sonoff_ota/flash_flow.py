@@ -1,0 +1,343 @@
+"""The running flash, shared by both paths: the base of the config flow.
+
+`FlashFlow` holds what every path needs (the home Wi-Fi, the run, the firmware
+choice) and shows the flash: each stage of it is a progress step whose text and
+percentage come from the run's `FlashTracker`. A waiting stage that times out
+offers a retry of that stage; a failure ends the flow with its own message; a
+success goes on to `handoff_flow` (which device, and where it is now). An
+abort closes every listener and drops the credentials.
+
+The paths sit on top as thin flows (`setup_mode_flow`, `diy_flow`,
+`firmware_flow`, `handoff_flow`); `config_flow.SonoffOtaConfigFlow` joins them
+and routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+import logging
+from typing import Any
+
+from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED
+
+from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
+from .diy_run import DiyRun
+from .firmware_form import (
+    FirmwareState,
+    firmware_error_message,
+    notice_placeholders,
+    notice_step,
+)
+from .flash_server import DeviceBusyError, async_get_flash_server
+from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
+from .known_devices import async_remember_run
+from .listeners import PortInUseError
+from .proto.diy_flasher import DiyFlashError
+from .proto.firmware_store import FirmwareError
+from .proto.flash_stages import FlashTracker, Stage
+from .proto.setup_ap import SetupApError
+from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
+from .proto.setup_mode_wifi import DETAIL
+from .proto.tasmota_discovery import TasmotaDevice
+from .proto.tasmota_handoff import AmbiguousDeviceError, EwelinkIdentity, HandoffError
+from .proto.wifi import WifiSettings
+from .setup_mode_run import SetupModeRun
+from .tasmota_link import (
+    MQTT_SETUP_PATH,
+    MqttUnavailableError,
+    TasmotaEntryError,
+    async_create_mqtt_missing_issue,
+    mqtt_unavailable_reason,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+type FlashRun = SetupModeRun | DiyRun
+
+
+@dataclass(slots=True)
+class FlashState:
+    """One flash as the flow shows it (the run itself is `FlashFlow._run`)."""
+
+    task: asyncio.Task[None] | None = None
+    """The progress task: prepare, run (or resume) the stages, hand off."""
+    resume_stage: Stage | None = None
+    """The stage that timed out; "try again" resumes there."""
+    error: tuple[str, dict[str, str]] | None = None
+    """Why the flash stopped: the abort reason and its placeholders."""
+    last_notified: tuple[tuple[str, int | None], dict[str, str]] | None = None
+    """The progress text last pushed to the frontend."""
+    remove_listener: Callable[[], None] | None = None
+    handoff: HandoffRun | None = None
+    outcome: HandoffOutcome | None = None
+    candidates: tuple[TasmotaDevice, ...] = ()
+    """New Tasmota devices that appeared at once, when no MAC tells which is ours."""
+    finished: bool = False
+    finish_placeholders: dict[str, str] = field(default_factory=dict)
+
+
+class FlashFlow(ConfigFlow):
+    """The base of the config flow: the home Wi-Fi, the run, and the flash steps."""
+
+    def __init__(self) -> None:
+        """Start with nothing known."""
+        super().__init__()
+        self._wifi: WifiSettings | None = None
+        self._run: FlashRun | None = None
+        self._flash = FlashState()
+        self._firmware = FirmwareState()
+
+    def _load_saved_wifi(self) -> None:
+        """Take the home Wi-Fi from the config entry (once set up, it is never asked again)."""
+        if self._wifi is None and (entries := self._async_current_entries(include_ignore=False)):
+            data = entries[0].data
+            self._wifi = WifiSettings(data[CONF_SSID], data[CONF_WIFI_PASSWORD])
+
+    def _abort_without_mqtt(self) -> ConfigFlowResult | None:
+        """Flashed devices report through MQTT: stop before anything is flashed without it."""
+        reason = mqtt_unavailable_reason(self.hass)
+        if reason is None:
+            return None
+        async_create_mqtt_missing_issue(self.hass, reason)
+        return self.async_abort(
+            reason=str(reason), description_placeholders={"mqtt_path": MQTT_SETUP_PATH}
+        )
+
+    # -- the running flash ---------------------------------------------------------------------
+
+    async def async_step_flash(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show the running flash; every stage is a progress step of its own."""
+        run = self._run
+        assert run is not None
+        flash = self._flash
+        if flash.task is None:
+            if flash.remove_listener is None:
+                flash.remove_listener = run.tracker.add_listener(self._on_tracker_change)
+            flash.task = self.hass.async_create_task(
+                self._async_flash(run), f"{DOMAIN} flash", eager_start=False
+            )
+        if not flash.task.done():
+            return self.async_show_progress(
+                step_id="flash",
+                progress_action=self._progress_action(run),
+                description_placeholders=self._placeholders(run.tracker),
+                progress_task=flash.task,
+            )
+        task, flash.task = flash.task, None
+        try:
+            await task
+        except StageTimeoutError as err:
+            flash.resume_stage = err.stage
+            return self.async_show_progress_done(next_step_id="stage_timeout")
+        except Exception:
+            return self.async_show_progress_done(next_step_id="failed")
+        if flash.error is not None:
+            return self.async_show_progress_done(next_step_id="failed")
+        if (firmware_step := self._firmware.step_after_check()) is not None:
+            return self.async_show_progress_done(next_step_id=firmware_step)
+        if flash.candidates:
+            return self.async_show_progress_done(next_step_id="pick_device")
+        return self.async_show_progress_done(next_step_id="finish")
+
+    async def _async_flash(self, run: FlashRun) -> None:
+        """The progress task: prepare once, then run (or resume) the stages."""
+        flash, firmware = self._flash, self._firmware
+        try:
+            if flash.handoff is None:
+                if not firmware.checked:
+                    # Before any device or listener: a bad image sends the user back to
+                    # the firmware choice, an image other than the one asked for is shown.
+                    firmware.checked = True
+                    await self._async_check_firmware(run)
+                    if firmware.notice is not None:
+                        return
+                if isinstance(run, SetupModeRun):
+                    if run.flasher is None:
+                        await run.prepare(progress=self._on_download_progress)
+                    await run.run(flash.resume_stage or Stage.WAIT_SETUP_AP)
+                else:
+                    await run.run(progress=self._on_download_progress)
+                await run.release_flash()
+                assert self._wifi is not None
+                flash.handoff = HandoffRun(
+                    self.hass,
+                    run.tracker,
+                    self._wifi,
+                    EwelinkIdentity(
+                        deviceid=run.tracker.details.get("deviceid"),
+                        model=run.tracker.details.get("model"),
+                        sta_mac=run.tracker.details.get("sta_mac"),
+                    ),
+                    device_ip=run.target.host if isinstance(run, DiyRun) else None,
+                    ap_hop=run.host_wifi if isinstance(run, SetupModeRun) else None,
+                )
+            flash.outcome = await flash.handoff.run()
+        except StageTimeoutError:
+            raise
+        except AmbiguousDeviceError as err:
+            flash.candidates = err.candidates
+        except HandoffError as err:
+            self._fail(run.tracker, str(err.code), dict(err.placeholders))
+        except HandoffLinkError as err:
+            self._fail(run.tracker, err.code, err.placeholders)
+        except MqttUnavailableError as err:
+            self._fail(run.tracker, str(err.reason), {"mqtt_path": MQTT_SETUP_PATH})
+        except TasmotaEntryError:
+            self._fail(run.tracker, "tasmota_entry_failed", {})
+        except (SetupModeError, DiyFlashError) as err:
+            self._fail(run.tracker, err.code, err.placeholders)
+        except SetupApError as err:
+            self._fail(run.tracker, "setup_ap_error", {"reason": err.reason})
+        except DeviceBusyError as err:
+            self._fail(run.tracker, "device_busy", {"deviceid": err.deviceid})
+        except PortInUseError as err:
+            self._fail(run.tracker, "port_in_use", {"ports": f"{err.host}:{err.port}"})
+        except FirmwareError as err:
+            _LOGGER.warning("Firmware %s not usable: %s", run.firmware.describe(), err)
+            firmware.checked = False
+            firmware.error = firmware_error_message(err)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _LOGGER.exception("Unexpected error during the flash")
+            self._fail(run.tracker, "unknown", {})
+        if flash.error is not None:
+            # Stop offering images at once: a device that keeps reconnecting must not get
+            # another try while the user reads the error.
+            await run.release_flash()
+
+    async def _async_check_firmware(self, run: FlashRun) -> None:
+        """Fetch and check the chosen image; note when it is not exactly what was asked."""
+        if isinstance(run, SetupModeRun):
+            run.images = None
+            image = await run.fetch_images(self._on_download_progress)
+        else:
+            run.image = None
+            image = await run.fetch_image(self._on_download_progress)
+        step = notice_step(image)
+        if step is not None:
+            store = (await async_get_flash_server(self.hass)).firmware
+            placeholders = notice_placeholders(image, run.firmware)
+            placeholders["version"] = store.sources.tasmota_fallback_version or "?"
+            _LOGGER.warning(
+                "Firmware for %s: %s (%s); asking before the flash",
+                run.tracker.details.get("deviceid", "a device"),
+                step,
+                placeholders["reason"],
+            )
+            self._firmware.notice = (step, placeholders)
+
+    def _fail(self, tracker: FlashTracker, code: str, placeholders: dict[str, str]) -> None:
+        self._flash.error = (code, placeholders)
+        tracker.fail(code, **placeholders)
+
+    def _on_download_progress(self, received: int, total: int | None) -> None:
+        if self._run is not None and total:
+            self._run.tracker.update(received / total)
+
+    def _on_tracker_change(self, tracker: FlashTracker) -> None:
+        """Push the new percentage, and refresh the text when the stage or details change."""
+        if tracker.finished or self._flash.task is None:
+            return
+        if hasattr(self, "async_update_progress"):  # HA 2025.5+
+            self.async_update_progress(tracker.fraction)
+            shown: tuple[str, int | None] = (tracker.stage, None)
+        else:  # HA 2025.4: the percentage lives in the text
+            shown = (tracker.stage, tracker.percentage)
+        # Text changes other than the percentage (device id, model, Wi-Fi hop...).
+        details = {k: v for k, v in self._placeholders(tracker).items() if k != "percentage"}
+        state = (shown, details)
+        if state != self._flash.last_notified:
+            self._flash.last_notified = state
+            self._notify_flow_changed()
+
+    def _notify_flow_changed(self) -> None:
+        """Ask the frontend to fetch the step again (new stage, text or percentage).
+
+        Only an event: calling `async_configure` here would race the frontend's own
+        fetch and, once the task is done, run the flow to its end under its feet
+        (the frontend then shows "Invalid flow specified").
+        """
+        notify = getattr(self, "async_notify_flow_changed", None)  # HA 2026.x
+        if notify is not None:
+            notify()
+            return
+        self.hass.bus.async_fire_internal(
+            EVENT_DATA_ENTRY_FLOW_PROGRESSED,
+            {"handler": self.handler, "flow_id": self.flow_id, "refresh": True},
+        )
+
+    def _progress_action(self, run: FlashRun) -> str:
+        """The progress text's key: the stage (the setup-mode flow adds HA's Wi-Fi hop)."""
+        return str(run.tracker.stage)
+
+    def _wifi_hop_text(self, details: dict[str, str]) -> str:
+        """The host's Wi-Fi hop as the tracker words it (the setup-mode flow translates it)."""
+        return details.get(DETAIL, "")
+
+    def _placeholders(self, tracker: FlashTracker) -> dict[str, str]:
+        details = tracker.details
+        return {
+            "percentage": str(tracker.percentage),
+            "deviceid": details.get("deviceid", "?"),
+            "model": details.get("model", "?"),
+            "rom_version": details.get("rom_version", "?"),
+            "fw_version": details.get("fw_version", "?"),
+            "session": details.get("finalstage_session", "1"),
+            "sessions": details.get("finalstage_sessions", "1"),
+            "callback_host": self._run.callback_host if self._run else "",
+            "ssid": self._wifi.ssid if self._wifi else "",
+            "tasmota_ssid": details.get("tasmota_ssid", "tasmota_…"),
+            # The one-tap link carries the Wi-Fi and MQTT passwords (the text warns):
+            # shown only while Tasmota's AP waits for a phone, never logged.
+            "phone_link": details.get("tasmota_phone_link_secret", ""),
+            "wifi_hop": self._wifi_hop_text(details),
+        }
+
+    # -- a timeout, a failure, the end ------------------------------------------------------------
+
+    async def async_step_stage_timeout(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """A waiting stage ran out of time: retry it, or give up."""
+        stage = self._flash.resume_stage or Stage.WAIT_SETUP_AP
+        return self.async_show_menu(
+            step_id="stage_timeout",
+            menu_options=["flash", "cancel"],
+            description_placeholders={"stage": str(stage)},
+        )
+
+    async def async_step_cancel(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Give up after a timeout."""
+        await self._async_close()
+        return self.async_abort(reason="cancelled")
+
+    async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show why the flash stopped."""
+        if self._run is not None:
+            async_remember_run(self.hass, self._run)
+        await self._async_close()
+        code, placeholders = self._flash.error or ("unknown", {})
+        return self.async_abort(reason=code, description_placeholders=placeholders)
+
+    async def _async_close(self) -> None:
+        if self._flash.remove_listener is not None:
+            self._flash.remove_listener()
+            self._flash.remove_listener = None
+        if self._run is not None:
+            await self._run.close()
+
+    def async_remove(self) -> None:
+        """The flow is gone (finished, aborted or closed): stop everything it started."""
+        task = self._flash.task
+        if task is not None and not task.done():
+            task.cancel()
+        run, self._run = self._run, None
+        if run is not None:
+            if not run.tracker.finished:
+                run.tracker.abort()
+            self.hass.async_create_task(run.close(), f"{DOMAIN} close flash", eager_start=True)
+        self._wifi = None
