@@ -11,11 +11,12 @@ import logging
 from aiohttp import web
 import pytest
 
+from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind, FakeCloud
 from custom_components.sonoff_ota.proto.image_server import OTA_RESULT_PATH, ImageServer
 from tests.proto.legacy_clients import running_site
 
-from .driver import http_request, raw_exchange
-from .strategies import DEVICEID
+from .driver import http_request, parse_reply, raw_exchange, ws_session, ws_texts
+from .strategies import DEVICEID, WsFrame, WsScript
 
 HUGE_INT = b"7" * 5000
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -52,3 +53,57 @@ async def test_ota_result_with_unusable_numbers_or_depth_answers_200(
         assert served.result.error is None  # the code is unusable, the report still arrived
     else:
         assert any(logged in r.getMessage() for r in caplog.records)
+
+
+def _cloud_app(cloud: FakeCloud) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/dispatch/device", cloud.handle_dispatch)
+    app.router.add_get("/api/ws", cloud.handle_websocket)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("body", "logged"),
+    [
+        (b'{"deviceid":' + HUGE_INT + b"}", "not JSON (ValueError)"),
+        (DEEP, "not JSON (RecursionError)"),
+    ],
+    ids=["huge-int", "deep-nesting"],
+)
+async def test_dispatch_with_unusable_json_still_points_at_our_websocket(
+    socket_enabled: None, caplog: pytest.LogCaptureFixture, body: bytes, logged: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cloud = FakeCloud("127.0.0.1", 4443)
+    async with running_site(_cloud_app(cloud)) as port:
+        reply = await raw_exchange(port, http_request("POST", "/dispatch/device", body=body))
+    assert reply.status == 200
+    assert parse_reply(reply.raw).body.startswith(b'{"error": 0')
+    assert not _crashes(caplog)
+    assert any(logged in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"sequence":"1","error":"²"}'.encode(),
+        b'{"sequence":"1","error":"--1"}',
+        b'{"sequence":"1","error":"' + HUGE_INT + b'"}',
+        b'{"action":"query","x":' + HUGE_INT + b"}",
+        DEEP,
+    ],
+    ids=["superscript-two", "double-minus", "huge-int-string", "huge-int", "deep-nesting"],
+)
+async def test_websocket_frame_with_unusable_numbers_keeps_the_session(
+    socket_enabled: None, caplog: pytest.LogCaptureFixture, frame: bytes
+) -> None:
+    cloud = FakeCloud("127.0.0.1", 4443)
+    query = b'{"action":"query","deviceid":"%s","sequence":"7"}' % DEVICEID.encode()
+    script = WsScript((WsFrame(1, frame), WsFrame(1, query)))
+    async with running_site(_cloud_app(cloud)) as port:
+        outcome = await ws_session(port, script, linger=0.3)
+        await cloud.wait_for(CloudEventKind.CLOSED)
+    assert outcome.status == 101
+    assert not _crashes(caplog)
+    # The session survived the bad frame: the query after it was answered.
+    assert any(b'"sequence": "7"' in text for text in ws_texts(outcome.received))
