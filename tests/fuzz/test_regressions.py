@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 from aiohttp import web
 import pytest
 
+from custom_components.sonoff_ota.proto.diy_client import DiyClient, DiyError, DiyErrorCode
 from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind, FakeCloud
 from custom_components.sonoff_ota.proto.image_server import OTA_RESULT_PATH, ImageServer
 from tests.proto.legacy_clients import running_site
 
 from .driver import http_request, parse_reply, raw_exchange, ws_session, ws_texts
-from .strategies import DEVICEID, WsFrame, WsScript
+from .strategies import DEVICEID, DeviceReply, WsFrame, WsScript
+from .surfaces import HostileDevice
 
 HUGE_INT = b"7" * 5000
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -107,3 +110,16 @@ async def test_websocket_frame_with_unusable_numbers_keeps_the_session(
     assert not _crashes(caplog)
     # The session survived the bad frame: the query after it was answered.
     assert any(b'"sequence": "7"' in text for text in ws_texts(outcome.received))
+
+
+async def test_diy_client_reply_nested_too_deep_is_a_diy_error(socket_enabled: None) -> None:
+    async with HostileDevice().running() as device, aiohttp.ClientSession() as session:
+        device.reply = DeviceReply(200, b'{"error":0,"data":' + DEEP + b"}")
+        client = DiyClient(session, "127.0.0.1", device.port, DEVICEID, min_interval=0)
+        with pytest.raises(DiyError) as err:
+            await client.info()
+        assert err.value.code is DiyErrorCode.BAD_REPLY
+        device.reply = DeviceReply(200, b'{"error":0,"data":"' + b"[" * 30_000 + b'"}')
+        with pytest.raises(DiyError) as err:
+            await client.info()
+        assert err.value.code is DiyErrorCode.BAD_REPLY
