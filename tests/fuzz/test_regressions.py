@@ -15,6 +15,11 @@ import pytest
 from custom_components.sonoff_ota.proto.diy_client import DiyClient, DiyError, DiyErrorCode
 from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind, FakeCloud
 from custom_components.sonoff_ota.proto.image_server import OTA_RESULT_PATH, ImageServer
+from custom_components.sonoff_ota.proto.tasmota_client import (
+    TasmotaClient,
+    TasmotaError,
+    TasmotaErrorCode,
+)
 from tests.proto.legacy_clients import running_site
 
 from .driver import http_request, parse_reply, raw_exchange, ws_session, ws_texts
@@ -123,3 +128,12 @@ async def test_diy_client_reply_nested_too_deep_is_a_diy_error(socket_enabled: N
         with pytest.raises(DiyError) as err:
             await client.info()
         assert err.value.code is DiyErrorCode.BAD_REPLY
+
+
+async def test_tasmota_reply_nested_too_deep_is_a_tasmota_error(socket_enabled: None) -> None:
+    async with HostileDevice().running() as device, aiohttp.ClientSession() as session:
+        device.reply = DeviceReply(200, DEEP)
+        client = TasmotaClient(session, f"http://127.0.0.1:{device.port}")
+        with pytest.raises(TasmotaError) as err:
+            await client.command("Status")
+        assert err.value.code is TasmotaErrorCode.BAD_REPLY
