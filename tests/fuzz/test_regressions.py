@@ -20,6 +20,10 @@ from custom_components.sonoff_ota.proto.tasmota_client import (
     TasmotaError,
     TasmotaErrorCode,
 )
+from custom_components.sonoff_ota.proto.tasmota_discovery import (
+    TasmotaDiscoveryError,
+    parse_discovery,
+)
 from tests.proto.legacy_clients import running_site
 
 from .driver import http_request, parse_reply, raw_exchange, ws_session, ws_texts
@@ -137,3 +141,9 @@ async def test_tasmota_reply_nested_too_deep_is_a_tasmota_error(socket_enabled: 
         with pytest.raises(TasmotaError) as err:
             await client.command("Status")
         assert err.value.code is TasmotaErrorCode.BAD_REPLY
+
+
+def test_discovery_payload_nested_too_deep_is_bad_json() -> None:
+    with pytest.raises(TasmotaDiscoveryError) as err:
+        parse_discovery("tasmota/discovery/D8F15BAABBCC/config", DEEP)
+    assert err.value.code == "bad_json"
