@@ -45,7 +45,6 @@ from custom_components.sonoff_ota.proto.tasmota_discovery import (
     TasmotaDiscoveryError,
     parse_discovery,
 )
-from custom_components.sonoff_ota.settings import get_settings
 from virtual_sonoff.images import tasmota_lite
 
 from .driver import (
@@ -449,15 +448,17 @@ def tls_client_context() -> ssl.SSLContext:
 
 
 @contextlib.asynccontextmanager
-async def running_target(hass: HomeAssistant, ha_port: int | None) -> AsyncIterator[Target]:
+async def running_target(
+    hass: HomeAssistant, ha_port: int | None, server: FlashServer | None = None
+) -> AsyncIterator[Target]:
     """The integration's flash server with both listeners open, sets served, a device expected.
 
     `hass` must have the settings in `hass.data` (loopback binds) and, when `ha_port` is
-    given, `http` set up (the views are registered on HA's server too).
+    given, `http` set up (the views are registered on HA's server too). `server`: an existing
+    flash server (the bench builds its own on a bare HomeAssistant, see bench/README.md).
     """
-    server = await async_get_flash_server(hass) if ha_port is not None else None
     if server is None:
-        server = FlashServer(hass, get_settings(hass))
+        server = await async_get_flash_server(hass)
     images = server.images
     served = images.add_set(FUZZ_FILES, deviceid=DEVICEID)
     expired = images.add_set(FUZZ_FILES)
