@@ -11,8 +11,7 @@ in time is a hang). Only public APIs are used: `given`, `settings`, `seed`, `Hea
 The tests pass `derandomize=True` (the same examples every run, so CI is stable); the bench
 passes a seed and many more examples, and counts outcomes instead of stopping at the first.
 
-The same thread also gives every example the real sockets it needs: all I/O happens in the
-loop, on 127.0.0.1.
+All I/O stays in the loop, on 127.0.0.1; the worker thread only generates and waits.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ async def test_ota_result_sent_twice_keeps_answering_200(fuzz_target: Target) ->
 
 
 async def test_slow_headers_do_not_block_finalstage(fuzz_target: Target) -> None:
-    """Slowloris: connections dribbling headers do not stop a FinalStage fetch, and close."""
+    """Slowloris: 20 connections dribbling headers do not hold up a FinalStage fetch."""
     port = fuzz_target.plain_port
     slow = [await asyncio.open_connection(LOOPBACK, port) for _ in range(20)]
     try:
