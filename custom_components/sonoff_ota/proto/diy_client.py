@@ -445,7 +445,7 @@ class DiyClient:
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: HTTP {status}", path=path)
         try:
             doc = json.loads(raw)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # deep nesting
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: reply is not JSON", path=path) from err
         if not isinstance(doc, dict) or "error" not in doc:
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: reply has no `error`", path=path)
@@ -462,7 +462,7 @@ class DiyClient:
             # v1.4 firmware (3.3/3.4) sends `data` as a JSON string [ITD#10].
             try:
                 data = json.loads(data) if data.strip() else {}
-            except ValueError as err:
+            except (ValueError, RecursionError) as err:  # deep nesting
                 raise DiyError(
                     DiyErrorCode.BAD_REPLY, f"{path}: `data` string is not JSON", path=path
                 ) from err

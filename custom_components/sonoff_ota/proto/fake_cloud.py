@@ -253,8 +253,11 @@ def _int_field(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:  # "²" passes isdigit(), 5000 digits pass the grammar
+            return None
     return None
 
 
@@ -356,7 +359,10 @@ class FakeCloud:
         payload: dict[str, Any] = {}
         try:
             decoded = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError) as err:
+            # ValueError also covers bad UTF-8 and numbers past Python's int conversion limit;
+            # RecursionError is JSON nested deeper than the stack. Never required (§6.2).
+            _LOGGER.debug("Dispatch body is not JSON (%s): answering anyway", type(err).__name__)
             decoded = {}
         if isinstance(decoded, dict):
             payload = decoded
@@ -425,8 +431,8 @@ class FakeCloud:
     async def _on_text(self, ws: web.WebSocketResponse, conn: _Connection, data: str) -> None:
         try:
             payload = json.loads(data)
-        except json.JSONDecodeError:
-            _LOGGER.debug("Ignoring a WebSocket frame that is not JSON")
+        except (ValueError, RecursionError) as err:
+            _LOGGER.debug("Ignoring a WebSocket frame that is not JSON (%s)", type(err).__name__)
             return
         if not isinstance(payload, dict):
             _LOGGER.debug("Ignoring a WebSocket frame that is not a JSON object")

@@ -277,6 +277,14 @@ def parse_range(header: str, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
+def _int_or_none(text: str) -> int | None:
+    """`int(text)`, or None for anything `int` refuses ("²", "--1", 5000 digits)."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 class ImageServer:
     """Registry of served sets plus the aiohttp handlers that serve them.
 
@@ -558,16 +566,20 @@ class ImageServer:
         payload: object = None
         try:
             payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            _LOGGER.warning("otaFlash callback with a body that is not JSON")
+        except (ValueError, RecursionError) as err:
+            # ValueError also covers UnicodeDecodeError and numbers longer than Python's
+            # int conversion limit; RecursionError is JSON nested deeper than the stack.
+            _LOGGER.warning(
+                "otaFlash callback with a body that is not JSON (%s)", type(err).__name__
+            )
         error: int | None = None
         deviceid: str | None = None
         if isinstance(payload, dict):
             raw_error = payload.get("error")
             if isinstance(raw_error, int) and not isinstance(raw_error, bool):
                 error = raw_error
-            elif isinstance(raw_error, str) and raw_error.strip().lstrip("-").isdigit():
-                error = int(raw_error)
+            elif isinstance(raw_error, str):
+                error = _int_or_none(raw_error)
             raw_id = payload.get("deviceid")
             if isinstance(raw_id, str) and raw_id:
                 deviceid = raw_id.lower()

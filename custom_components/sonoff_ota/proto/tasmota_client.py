@@ -190,7 +190,7 @@ class TasmotaClient:
             return {}  # a Backlog may answer with nothing [infer]
         try:
             doc = json.loads(text)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # deep nesting
             raise TasmotaError(TasmotaErrorCode.BAD_REPLY, "reply is not JSON") from err
         if not isinstance(doc, dict):
             raise TasmotaError(TasmotaErrorCode.BAD_REPLY, "reply is not a JSON object")

@@ -150,7 +150,7 @@ def parse_discovery(
         return TasmotaRemoved(mac=topic_mac)
     try:
         doc = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # deep nesting
         raise TasmotaDiscoveryError("bad_json", f"{topic}: payload is not JSON") from err
     if not isinstance(doc, dict):
         raise TasmotaDiscoveryError("bad_json", f"{topic}: payload is not an object")
