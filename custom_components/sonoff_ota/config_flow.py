@@ -17,8 +17,9 @@ import logging
 from typing import Any
 
 from homeassistant.components import network
-from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.config_entries import ConfigEntry, ConfigFlow, ConfigFlowResult, OptionsFlow
 from homeassistant.const import CONF_HOST, CONF_PORT
+from homeassistant.core import callback
 from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED, AbortFlow
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
@@ -104,6 +105,14 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
     """Collect the home Wi-Fi settings and drive a flash."""
 
     VERSION = 1
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> OptionsFlow:
+        """The Tasmota build the "Tasmota firmware" entities install (options_flow.py)."""
+        from .options_flow import SonoffOtaOptionsFlow  # noqa: PLC0415
+
+        return SonoffOtaOptionsFlow()
 
     def __init__(self) -> None:
         """Start with nothing known."""

@@ -61,6 +61,8 @@ class Timeouts:
     """One Wi-Fi hop: association and address (host-wifi-hopping.md §1.6)."""
     wifi_scan: float = 5.0
     """Between two Wi-Fi scans while looking for the device's access point."""
+    tasmota_upgrade: float = 600.0
+    """Lite → full over Tasmota's own OTA, restarts and the -minimal step included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,10 @@ class Settings:
     """The Supervisor's API; default: `http://$SUPERVISOR`."""
     wifi_interface: str | None = None
     """The Wi-Fi interface to move; default: a spare one, else the one carrying the LAN."""
+    tasmota_releases_url: str | None = None
+    """Where the newest Tasmota release is read; default: GitHub's latest release."""
+    tasmota_ota_base_url: str | None = None
+    """Tasmota's OTA folder (`<base>/<build>.bin.gz`, plain http); default ota.tasmota.com."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -124,6 +130,8 @@ SETTINGS_SCHEMA = vol.Schema(
         vol.Optional("nm_bus_address"): cv.string,
         vol.Optional("supervisor_url"): cv.url,
         vol.Optional("wifi_interface"): cv.string,
+        vol.Optional("tasmota_releases_url"): cv.url,
+        vol.Optional("tasmota_ota_base_url"): cv.url,
         vol.Optional("timeouts"): _TIMEOUT_SCHEMA,
     }
 )
