@@ -174,6 +174,7 @@ async def test_too_big_without_minimal_says_file_too_big(broker: MosquittoBroker
         assert isinstance(result, UpgradeError)
         assert result.code is UpgradeErrorCode.FILE_TOO_BIG
         assert result.placeholders["minimal_url"] == files.url("tasmota-minimal.bin")
+        assert result.placeholders["reason"] == "File Not Found (404) for tasmota-minimal.bin"
         # Tasmota's own retries: minimal, then minimal.gz, and it gives up with the last error
         assert device.ota_attempts[0] == files.url("tasmota.bin")
         assert files.url("tasmota-minimal.bin.gz") in device.ota_attempts

@@ -10,7 +10,9 @@ choose. The "Tasmota firmware" update entity and a config-flow step both call
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
+import contextlib
 from contextlib import asynccontextmanager
 import logging
 import time
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.util.hass_dict import HassKey
 
@@ -36,7 +38,7 @@ from .proto.tasmota_upgrade import (
     UrlCheck,
 )
 from .settings import get_settings
-from .tasmota_link import mqtt_publisher
+from .tasmota_link import SUBSCRIBE_WAIT, _on_subscribe_done, mqtt_publisher
 
 if TYPE_CHECKING:
     from homeassistant.components.mqtt import ReceiveMessage
@@ -48,6 +50,8 @@ _RELEASE_KEY: Final[HassKey[tuple[float, TasmotaRelease | None]]] = HassKey(
     f"{DOMAIN}_tasmota_release"
 )
 _URL_CHECK_TIMEOUT = aiohttp.ClientTimeout(total=15)
+_UNACKNOWLEDGED_SUBSCRIBE = 1.0
+"""2025.4 has no subscribe acknowledgement: its first SUBSCRIBE goes out within 0.5 s."""
 
 
 def chosen_build(hass: HomeAssistant, entry: ConfigEntry) -> TargetBuild:
@@ -112,8 +116,36 @@ async def async_mqtt_feed(
             retained=message.retain,
         )
 
+    topics = tuple(topics)
     unsubscribes = [await mqtt.async_subscribe(hass, topic, forward) for topic in topics]
     try:
+        # HA sends SUBSCRIBE after a cooldown (0.1-0.5 s): a fast answer (a quick "Failed")
+        # would otherwise be lost. 2026.x tells us when each is done; 2025.4 does not.
+        pending = set(topics)
+        done = asyncio.Event()
+
+        def done_for(topic: str) -> CALLBACK_TYPE:
+            @callback
+            def on_done() -> None:
+                pending.discard(topic)
+                if not pending:
+                    done.set()
+
+            return on_done
+
+        acknowledged = True
+        for topic in topics:
+            cancel = _on_subscribe_done(hass, topic, done_for(topic))
+            if cancel is None:
+                acknowledged = False
+                break
+            unsubscribes.append(cancel)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SUBSCRIBE_WAIT):
+                if acknowledged:
+                    await done.wait()
+                else:
+                    await asyncio.sleep(_UNACKNOWLEDGED_SUBSCRIBE)
         yield feed
     finally:
         for unsubscribe in unsubscribes:

@@ -481,7 +481,7 @@ class TasmotaUpgrade:
                 return UpgradeError(
                     UpgradeErrorCode.FILE_TOO_BIG,
                     f"too big, and {sibling} is missing",
-                    reason=reason,
+                    reason=f"{reason} for {sibling.rsplit('/', 1)[-1]}",
                     minimal_url=sibling,
                 )
         return UpgradeError(code, f"Tasmota: Failed {reason}", reason=reason)
