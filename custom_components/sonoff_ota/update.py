@@ -94,12 +94,14 @@ async def async_setup_entry(
         hass, entry, async_add_entities, lambda record: [FirmwareUpdate(entry, flashes, record)]
     )
     _async_add_tasmota_entities(hass, entry, async_add_entities)
-    entry.async_on_unload(entry.add_update_listener(_async_options_updated))
+    options_at_setup = dict(entry.options)
 
+    async def _async_entry_updated(hass: HomeAssistant, entry: ConfigEntry) -> None:
+        """New build or opt-in: reload, so the entities match (not on device data changes)."""
+        if dict(entry.options) != options_at_setup:
+            await hass.config_entries.async_reload(entry.entry_id)
 
-async def _async_options_updated(hass: HomeAssistant, entry: ConfigEntry) -> None:
-    """New build or opt-in: reload, so the entities match the options."""
-    await hass.config_entries.async_reload(entry.entry_id)
+    entry.async_on_unload(entry.add_update_listener(_async_entry_updated))
 
 
 def eligible_tasmota_macs(hass: HomeAssistant, entry: ConfigEntry) -> set[str]:
