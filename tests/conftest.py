@@ -44,10 +44,10 @@ def private_config_dir(request: pytest.FixtureRequest, tmp_path: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def no_release_lookup_on_the_internet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The newest-Tasmota-release lookup defaults to GitHub: point it at a closed port."""
+    """The newest-Tasmota-release lookup defaults to GitHub: off unless a test serves one."""
     from custom_components.sonoff_ota.proto import tasmota_releases
 
-    monkeypatch.setattr(tasmota_releases, "DEFAULT_RELEASES_URL", "http://127.0.0.1:9/latest")
+    monkeypatch.setattr(tasmota_releases, "DEFAULT_RELEASES_URL", "")
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ class SonoffOtaOptionsFlow(OptionsFlow):
             if not errors:
                 return self.async_create_entry(data=values)
             current = values
-        schema = vol.Schema(
+        schema: Any = vol.Schema(  # Any: HA 2026.x types it as probatio's Schema
             {
                 vol.Required(OPT_BUILD, default=current[OPT_BUILD]): SelectSelector(
                     SelectSelectorConfig(

@@ -94,7 +94,7 @@ class Settings:
     wifi_interface: str | None = None
     """The Wi-Fi interface to move; default: a spare one, else the one carrying the LAN."""
     tasmota_releases_url: str | None = None
-    """Where the newest Tasmota release is read; default: GitHub's latest release."""
+    """Where the newest Tasmota release is read; default: GitHub's latest release; "": off."""
     tasmota_ota_base_url: str | None = None
     """Tasmota's OTA folder (`<base>/<build>.bin.gz`, plain http); default ota.tasmota.com."""
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -130,7 +130,7 @@ SETTINGS_SCHEMA = vol.Schema(
         vol.Optional("nm_bus_address"): cv.string,
         vol.Optional("supervisor_url"): cv.url,
         vol.Optional("wifi_interface"): cv.string,
-        vol.Optional("tasmota_releases_url"): cv.url,
+        vol.Optional("tasmota_releases_url"): vol.Any("", cv.url),
         vol.Optional("tasmota_ota_base_url"): cv.url,
         vol.Optional("timeouts"): _TIMEOUT_SCHEMA,
     }

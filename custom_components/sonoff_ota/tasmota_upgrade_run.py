@@ -76,7 +76,10 @@ async def async_latest_release(hass: HomeAssistant) -> TasmotaRelease | None:
     now = time.monotonic()
     if cached is not None and now - cached[0] < RELEASE_CACHE_SECONDS:
         return cached[1]
-    url = get_settings(hass).tasmota_releases_url or tasmota_releases.DEFAULT_RELEASES_URL
+    configured = get_settings(hass).tasmota_releases_url
+    url = tasmota_releases.DEFAULT_RELEASES_URL if configured is None else configured
+    if not url:  # "" turns the lookup off (offline installs, tests)
+        return None
     release = await tasmota_releases.fetch_latest_release(async_get_clientsession(hass), url)
     hass.data[_RELEASE_KEY] = (now, release)
     return release

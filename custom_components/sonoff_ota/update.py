@@ -132,6 +132,21 @@ def eligible_tasmota_macs(hass: HomeAssistant, entry: ConfigEntry) -> set[str]:
     return flashed & in_ha
 
 
+_DEVICES_PER_ENTRY = hasattr(dr.DeviceRegistry, "async_get_or_create_child")
+"""HA 2026.x: a device belongs to one config entry (it also brought child devices)."""
+
+
+def _tasmota_name(hass: HomeAssistant, mac: str) -> str | None:
+    """The name of HA's Tasmota device with `mac`."""
+    registry = dr.async_get(hass)
+    connection = (dr.CONNECTION_NETWORK_MAC, ha_mac(mac))
+    for tasmota_entry in hass.config_entries.async_entries(TASMOTA_DOMAIN):
+        for device in dr.async_entries_for_config_entry(registry, tasmota_entry.entry_id):
+            if connection in device.connections:
+                return device.name_by_user or device.name
+    return None
+
+
 @callback
 def _async_add_tasmota_entities(
     hass: HomeAssistant, entry: ConfigEntry, async_add_entities: AddEntitiesCallback
@@ -151,7 +166,8 @@ def _async_add_tasmota_entities(
         added.update(new)
         if new:
             async_add_entities(
-                [TasmotaFirmwareUpdate(entry, mac) for mac in new], update_before_add=True
+                [TasmotaFirmwareUpdate(entry, mac, _tasmota_name(hass, mac)) for mac in new],
+                update_before_add=True,
             )
 
     _add_new()
@@ -265,12 +281,19 @@ class TasmotaFirmwareUpdate(UpdateEntity):
         | UpdateEntityFeature.RELEASE_NOTES
     )
 
-    def __init__(self, entry: ConfigEntry, mac: str) -> None:
-        """Belong to HA's Tasmota device of `mac` (12 uppercase hex)."""
+    def __init__(self, entry: ConfigEntry, mac: str, name: str | None = None) -> None:
+        """Belong to HA's Tasmota device of `mac` (12 uppercase hex), named `name`."""
         self._entry = entry
         self.mac = mac
         self._attr_unique_id = f"{mac}_{self.key}"
-        self._attr_device_info = DeviceInfo(connections={(dr.CONNECTION_NETWORK_MAC, ha_mac(mac))})
+        # HA 2025.x: joins HA's Tasmota device (same MAC); a name would overwrite its name.
+        # From 2026.x devices belong to one config entry: this makes a device of ours with
+        # the same MAC connection, named like the Tasmota one.
+        info = DeviceInfo(connections={(dr.CONNECTION_NETWORK_MAC, ha_mac(mac))})
+        if _DEVICES_PER_ENTRY:
+            info["name"] = name or f"Tasmota {mac[6:]}"
+            info["manufacturer"] = "Tasmota"
+        self._attr_device_info = info
         self.target: UpgradeTarget | None = None
         self.running: TasmotaBuild | None = None
         self.tracker: UpgradeTracker | None = None
