@@ -17,7 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.tasmota_handoff import DiscoveryFeed, Publish
+from custom_components.sonoff_ota.proto.tasmota_handoff import (
+    ConfiguredBy,
+    DiscoveryFeed,
+    HandoffResult,
+    Publish,
+)
 from custom_components.sonoff_ota.proto.tasmota_upgrade import (
     TasmotaBuild,
     TasmotaUpgrade,
@@ -281,6 +286,21 @@ def test_urls_tasmota_cannot_take_are_refused_before_sending() -> None:
     assert minimal_url("http://h:80/tasmota.bin") == "http://h:80/tasmota-minimal.bin"
     assert TasmotaBuild.parse("14.4.1(lite)") == TasmotaBuild("14.4.1", "lite")
     assert TasmotaBuild.parse("nonsense") is None
+    handed_over = HandoffResult(
+        mac=MAC,
+        ip="127.0.0.1",
+        topic="tasmota_3D5E26",
+        sw="14.4.1",
+        device_name="Kitchen",
+        model="Sonoff Basic",
+        model_known=True,
+        relays=1,
+        hostname="tasmota_3D5E26-7718",
+        full_topic="%prefix%/%topic%/",
+        configured_by=ConfiguredBy.HA,
+    )
+    target = UpgradeTarget.from_handoff(handed_over)
+    assert target.subscriptions[:2] == ("stat/tasmota_3D5E26/RESULT", "stat/tasmota_3D5E26/UPGRADE")
     tracker = UpgradeTracker()
     tracker.advance(UpgradeStage.REBOOTING)
     tracker.advance(UpgradeStage.DOWNLOADING)  # never back

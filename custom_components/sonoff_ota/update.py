@@ -71,7 +71,7 @@ _NO_WAY_BACK = (
     "Keep the device powered until the install has finished."
 )
 _TASMOTA_NOTES = (
-    "Installs the {label} build of Tasmota {version} with Tasmota's own over-the-air "
+    "Installs the {label} build of Tasmota{version} with Tasmota's own over-the-air "
     "update (plain HTTP from {host}). The device restarts, on 1 MB devices twice "
     "(through tasmota-minimal); keep it powered. Its settings are kept. "
     "Release notes: {url}"
@@ -343,10 +343,10 @@ class TasmotaFirmwareUpdate(UpdateEntity):
         host = build.ota_url.split("/")[2] if "//" in build.ota_url else build.ota_url
         return _TASMOTA_NOTES.format(
             label=build.label,
-            version=self._release.version if self._release else "",
+            version=f" {self._release.version}" if self._release else "",
             host=host,
             url=self.release_url,
-        ).replace("Tasmota  with", "Tasmota with")
+        )
 
     @property
     def in_progress(self) -> bool | None:

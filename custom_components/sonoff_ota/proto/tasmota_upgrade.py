@@ -36,7 +36,7 @@ import time
 from typing import Any, Final
 
 from .tasmota_discovery import TasmotaDevice, TasmotaDiscoveryError, parse_discovery
-from .tasmota_handoff import DiscoveryFeed, MqttIn, Publish
+from .tasmota_handoff import DiscoveryFeed, HandoffResult, MqttIn, Publish
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -153,6 +153,17 @@ class UpgradeTarget:
             full_topic=device.full_topic or "%prefix%/%topic%/",
             hostname=device.hostname,
             sw=device.sw,
+        )
+
+    @classmethod
+    def from_handoff(cls, result: HandoffResult) -> UpgradeTarget:
+        """The device a hand-off just delivered (a flow's last step upgrades it)."""
+        return cls(
+            mac=result.mac,
+            topic=result.topic,
+            full_topic=result.full_topic,
+            hostname=result.hostname,
+            sw=result.sw,
         )
 
     def topic_for(self, prefix: str, leaf: str) -> str:
