@@ -112,6 +112,14 @@ def private_config_dir(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     hass.config.config_dir = str(config_dir)
 
 
+@pytest.fixture(autouse=True)
+def no_release_lookup_on_the_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest-Tasmota-release lookup defaults to GitHub: off unless a test serves one."""
+    from custom_components.sonoff_ota.proto import tasmota_releases
+
+    monkeypatch.setattr(tasmota_releases, "DEFAULT_RELEASES_URL", "")
+
+
 @pytest.fixture
 async def broker(socket_enabled: None, tmp_path: Path) -> AsyncGenerator[MosquittoBroker]:
     """A real Mosquitto (Debian package) on a free 127.0.0.1 port, stopped at the end."""

@@ -16,7 +16,7 @@ from homeassistant.const import ATTR_ENTITY_ID, ATTR_SUPPORTED_FEATURES, STATE_O
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import device_registry as dr, entity_registry as er
 from homeassistant.helpers.event import async_track_state_change_event
 import pytest
 
@@ -121,7 +121,6 @@ async def test_install_flashes_the_device_and_hands_it_over(
         assert dash.entity_id(hass, "update", "firmware") is None
         assert dash.entity_id(hass, "sensor", "flash_stage") is None
         assert find_ha_device(hass, dash.entry, dash.deviceid) is None
-        assert not dr.async_entries_for_config_entry(dr.async_get(hass), dash.entry.entry_id)
         assert hass.data[SERVER_KEY].active == {}
         assert not hass.config_entries.flow.async_progress(), "the confirm form was answered"
         # ...handed over: the device is now HA's Tasmota device, and its relay works
@@ -132,6 +131,25 @@ async def test_install_flashes_the_device_and_hands_it_over(
         (tasmota_entry,) = hass.config_entries.async_entries("tasmota")
         (ha_device,) = dr.async_entries_for_config_entry(dr.async_get(hass), tasmota_entry.entry_id)
         await assert_tasmota_switch_works(hass, ha_device.id, tasmota)
+        # ...and since we flashed it, it carries our "Tasmota firmware" entity, and only that
+        # (HA 2025.x: on HA's Tasmota device itself; 2026.x: our device with its MAC)
+        (ours,) = dr.async_entries_for_config_entry(dr.async_get(hass), dash.entry.entry_id)
+        assert ha_device.connections <= ours.connections
+        assert [
+            e.unique_id
+            for e in er.async_entries_for_device(er.async_get(hass), ours.id)
+            if e.platform == "sonoff_ota"
+        ] == [f"{tasmota.mac}_tasmota_firmware"]
+        firmware_id = er.async_get(hass).async_get_entity_id(
+            "update", "sonoff_ota", f"{tasmota.mac}_tasmota_firmware"
+        )
+        assert firmware_id is not None
+        await wait_until(
+            lambda: (
+                (s := hass.states.get(firmware_id)) is not None
+                and s.attributes[ATTR_INSTALLED_VERSION] == "14.4.1 (lite)"
+            )
+        )
 
 
 async def test_device_vanishing_mid_download_fails_with_its_reason(

@@ -57,6 +57,19 @@ _DISCOVERY_SETOPTIONS = ("4", "11", "13", "17", "20", "30", "68", "73", "82", "1
 MODULE_NAMES = {1: "Sonoff Basic", 18: "Generic"}
 SECRET_COMMANDS = {"PASSWORD", "MQTTPASSWORD", "WEBPASSWORD"}
 DEFAULT_OTA_URL = "http://ota.tasmota.com/tasmota/release/tasmota.bin.gz"
+FLASH_1M = 1024 * 1024
+SKETCH_RESERVED = 0x5000  # [infer] settings + SDK sectors at the end of a 1 MB layout
+OTA_ATTEMPTS = 10  # tasmota.h (ESP8266, current source)
+# ESP8266httpUpdate::getLastErrorString() texts (esp8266/Arduino core).
+OTA_TOO_LESS_SPACE = "Not Enough space"
+OTA_NOT_FOUND = "File Not Found (404)"
+OTA_FORBIDDEN = "Forbidden (403)"
+OTA_UNAUTHORIZED = "Unauthorized (401)"
+OTA_WRONG_CODE = "Wrong HTTP Code"
+OTA_NO_SIZE = "Server Did Not Report Size"
+OTA_BAD_HEADER = "Verify Bin Header Failed"
+OTA_CONNECTION_FAILED = "HTTP error: connection failed"  # HTTPC_ERROR_CONNECTION_FAILED
+OTA_READ_TIMEOUT = "HTTP error: read Timeout"  # HTTPC_ERROR_READ_TIMEOUT
 _MAC_RE = re.compile(r"^[0-9A-F]{12}$")
 _COMMAND_RE = re.compile(r"^([A-Za-z_]+?)(\d*)$")
 
@@ -168,6 +181,8 @@ class VirtualTasmota(StartStop):
         mqtt_keepalive: int = 30,
         mqtt_retry_delay: float = 0.2,
         hardware: str = "ESP8266EX",
+        flash_size: int = FLASH_1M,
+        ota_step: float = 0.02,
     ) -> None:
         """Describe the device; nothing is opened before `start()`.
 
@@ -176,6 +191,8 @@ class VirtualTasmota(StartStop):
         `station_ip` is the IP the device reports (discovery `ip`, Status 5,
         Referer check); it defaults to the station bind host.
         `mqtt_retry_delay` stands for Tasmota's MqttRetry (real: 10 s).
+        `flash_size` (real flash chip) sets the OTA space check; `ota_step` stands for
+        one tick of Tasmota's once-a-second OTA state machine (see `_upgrade`).
         """
         if not _MAC_RE.match(mac):
             raise ValueError("mac must be 12 uppercase hex digits")
@@ -196,6 +213,12 @@ class VirtualTasmota(StartStop):
         self.mqtt_keepalive = mqtt_keepalive
         self.mqtt_retry_delay = mqtt_retry_delay
         self.hardware = hardware
+        self.flash_size = flash_size
+        self.ota_step = ota_step
+        self.ota_loader = 0
+        """RtcSettings.ota_loader: 1 = the requested image did not fit, fetch -minimal."""
+        self.ota_attempts: list[str] = []
+        """Every URL Tasmota's OTA tried, in order (incl. the -minimal and .gz rewrites)."""
         self.config = config if config is not None else TasmotaConfig()
         if web_password:
             self.config.web_password = web_password
@@ -226,6 +249,7 @@ class VirtualTasmota(StartStop):
         self._stopping = False
         self._pending_restart = False
         self._pending_upgrade = False
+        self._ota_running = False
 
     def __repr__(self) -> str:
         """Short form; never shows secrets."""
@@ -274,6 +298,23 @@ class VirtualTasmota(StartStop):
         `(lite)`/`(tasmota)` suffix is only in Status 2 `Version`.
         """
         return self.version.split("(", 1)[0]
+
+    @property
+    def build(self) -> str:
+        """The build in Status 2 `Version` (`lite`, `tasmota`, `minimal`, `sensors`...)."""
+        _, _, rest = self.version.partition("(")
+        return rest.rstrip(")") or "tasmota"
+
+    @property
+    def free_sketch_space(self) -> int:
+        """ESP.getFreeSketchSpace(): the OTA slot after the running image [infer].
+
+        The sketch area of a 1 MB Tasmota layout ends `SKETCH_RESERVED` bytes before the
+        end of flash (settings, SDK data); the running image occupies its size rounded
+        up to a 4 KiB sector. The exact layout constants were not re-read.
+        """
+        used = -(-len(self.image) // 4096) * 4096
+        return max(self.flash_size - SKETCH_RESERVED - used, 0)
 
     @property
     def referer_check(self) -> bool:
@@ -394,6 +435,10 @@ class VirtualTasmota(StartStop):
         self.mode = TasmotaMode.STATION
         if self.config.mqtt_host:
             self._mqtt_task = asyncio.create_task(self._mqtt_loop())
+        if self.build == "minimal" and self.ota_loader == 1:
+            # FIRMWARE_MINIMAL, network up with RtcSettings.ota_loader 1: OTA of OtaUrl.
+            self.ota_loader = 0
+            self._spawn(self._upgrade())
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -795,9 +840,17 @@ class VirtualTasmota(StartStop):
         return _Outcome({"OtaUrl": self.config.ota_url})
 
     def _cmd_upgrade(self, name: str, index: str, argument: str) -> _Outcome:
-        if argument != "1":
-            return _Outcome({"Upgrade": f"Version {self.sw} from {self.config.ota_url}"})
-        return _Outcome({"Upgrade": f"Version {self.sw} from {self.config.ota_url}"}, upgrade=True)
+        """CmndUpgrade(): only `1` (or a newer version number) starts the OTA."""
+        if argument == "1" or (len(argument) >= 3 and self._newer(argument)):
+            if self._ota_running:  # ota_state_flag already set: the request is the same
+                return _Outcome({"Upgrade": f"Version {self.sw} from {self.config.ota_url}"})
+            return _Outcome(
+                {"Upgrade": f"Version {self.sw} from {self.config.ota_url}"}, upgrade=True
+            )
+        return _Outcome({"Upgrade": f"1 or >{self.sw} to upgrade"})  # D_JSON_ONE_OR_GT
+
+    def _newer(self, version: str) -> bool:
+        return _version_tuple(version) > _version_tuple(self.version)
 
     def _cmd_reset(self, name: str, index: str, argument: str) -> _Outcome:
         level = int(argument) if argument.isdigit() else 0
@@ -1004,6 +1057,8 @@ class VirtualTasmota(StartStop):
         client = self._mqtt
         if client is None or not client.connected:
             return
+        if self.build == "minimal":
+            return  # tasmota-minimal is built without USE_TASMOTA_DISCOVERY
         base = f"tasmota/discovery/{self.mac}/"
         if self.config.setoption19:
             config_payload = sensors_payload = ""
@@ -1021,37 +1076,116 @@ class VirtualTasmota(StartStop):
     # ---------------------------------------------------------------------- OTA
 
     async def _upgrade(self) -> None:
-        """Tasmota's own OTA: plain HTTP GET of OtaUrl; `.bin.gz` is inflated."""
-        url = self.config.ota_url
-        self._log(f"UPG: Upgrade from {url}")
-        try:
-            image = await self._download_image(url)
-        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as err:
-            self.upgrade_error = str(err)
-            self._log(f"UPG: Failed: {err}")
-            await self._publish(
-                self.full_topic("stat") + "UPGRADE", json.dumps({"Upgrade": f"Failed {err}"})
-            )
-            self._notify()
+        """Tasmota's own OTA: the ota_state_flag loop of support_tasmota.ino (current source).
+
+        One attempt per tick (`ota_step` stands for Tasmota's 1 s), up to OTA_ATTEMPTS - 1:
+        - a failed attempt is retried, silently (only the log says why);
+        - "Not Enough space" / "New Binary Does Not Fit Flash Size" set RtcSettings.ota_loader
+          and the next attempts fetch `<name>-minimal<ext>` (ESP8266, not in minimal itself);
+        - from the 6th attempt `.gz` is appended, or, for a `.gz` URL, that attempt is the last;
+        - the result goes to `stat/<topic>/UPGRADE`: `Successful. Restarting` (then the
+          restart) or `Failed <ESP8266httpUpdate error text>` of the last attempt.
+        The minimal build boots with ota_loader set and fetches OtaUrl itself (no discovery).
+        """
+        if self._ota_running:
             return
+        self._ota_running = True
+        try:
+            restart = await self._ota_cycle()
+        finally:
+            self._ota_running = False
+        if restart:
+            await self._restart()
+
+    async def _ota_cycle(self) -> bool:
+        await asyncio.sleep(self.ota_step * 2)  # ota_state_flag 3 -> 2 -> 1
+        self.ota_loader = 0  # "Try requested image first"
+        counter = OTA_ATTEMPTS
+        error = ""
+        success: tuple[bytes, str] | None = None
+        while True:
+            await asyncio.sleep(self.ota_step)
+            counter -= 1
+            if not counter:
+                break
+            url = self.config.ota_url
+            if self.ota_loader and self.build != "minimal":
+                url = _minimal_url(url)
+            if counter < OTA_ATTEMPTS // 2:
+                if ".gz" in url.lower():
+                    counter = 1
+                else:
+                    url += ".gz"
+            self.ota_attempts.append(url)
+            self._notify()
+            self._log(f"UPG: {url} {self.sw}({self.build})")
+            try:
+                image = await self._download_image(url)
+            except _OtaFailedError as err:
+                error = str(err)
+                self._log(f"UPG: Error {error}")
+                if err.too_big and self.build != "minimal":
+                    self.ota_loader = 1  # Try minimal image next
+                self._notify()
+                continue
+            success = (image, url)
+            break
+        await asyncio.sleep(self.ota_step * 2)  # ota_state_flag 92 -> 90
+        stat = self.full_topic("stat") + "UPGRADE"
+        if success is None:
+            self.upgrade_error = error
+            await self._publish(stat, json.dumps({"Upgrade": f"Failed {error}"}))
+            self._notify()
+            return False
+        image, url = success
         self.ota_images.append(image)
         self.image = image
         self.upgrade_error = None
-        self.version = self.full_version
+        self.version = f"{self.full_version.split('(', 1)[0]}({_build_of(url, self.full_version)})"
+        await self._publish(stat, json.dumps({"Upgrade": "Successful. Restarting"}))
         self._log(f"UPG: Successful, {len(image)} bytes. Restarting")
-        await self._restart()
+        return True
 
     async def _download_image(self, url: str) -> bytes:
-        if not url.startswith("http://"):
-            raise ValueError("ESP8266 OTA is http only")  # spec §3.3 Upgrade
-        timeout = aiohttp.ClientTimeout(total=max(self.timing.http_timeout, 5.0) * 6)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
-            data = await response.read()
-        image = self._inflate(data)
+        """ESP8266httpUpdate::handleUpdate() as far as its checks go."""
+        if not url.lower().startswith("http://"):
+            # The ESP8266 HTTPClient has no TLS here: it cannot even connect.
+            raise _OtaFailedError(OTA_CONNECTION_FAILED)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=5)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
+                session.get(url, headers={"x-ESP8266-version": self.version}) as response,
+            ):
+                if response.status != 200:
+                    raise _OtaFailedError(
+                        {404: OTA_NOT_FOUND, 403: OTA_FORBIDDEN, 401: OTA_UNAUTHORIZED}.get(
+                            response.status, OTA_WRONG_CODE
+                        )
+                    )
+                length = response.content_length
+                if not length:
+                    raise _OtaFailedError(OTA_NO_SIZE)
+                if length > self.free_sketch_space:
+                    raise _OtaFailedError(OTA_TOO_LESS_SPACE, too_big=True)
+                data = await response.read()
+        except aiohttp.ClientConnectionError as err:
+            if isinstance(err, aiohttp.ServerTimeoutError):
+                raise _OtaFailedError(OTA_READ_TIMEOUT) from err
+            raise _OtaFailedError(OTA_CONNECTION_FAILED) from err
+        except TimeoutError as err:
+            raise _OtaFailedError(OTA_READ_TIMEOUT) from err
+        if not data or data[0] not in (0xE9, 0x1F):
+            raise _OtaFailedError(OTA_BAD_HEADER)
+        # Written as is; eboot inflates a .gz at the next boot. We inflate it here to keep
+        # the image the device then runs (a broken gzip would brick it: reported as a
+        # header failure instead [infer]).
+        try:
+            image = self._inflate(data)
+        except ValueError as err:
+            raise _OtaFailedError(OTA_BAD_HEADER) from err
         if not image or image[0] != 0xE9:
-            raise ValueError("Magic byte is not 0xE9")  # Tasmota's D_UPLOAD_ERR_3
+            raise _OtaFailedError(OTA_BAD_HEADER)
         return image
 
     @staticmethod
@@ -1062,3 +1196,42 @@ class VirtualTasmota(StartStop):
             except (OSError, EOFError, zlib.error) as err:
                 raise ValueError(f"bad gzip: {err}") from err
         return data
+
+
+class _OtaFailedError(Exception):
+    """One failed OTA attempt; the message is ESP8266httpUpdate's error text."""
+
+    def __init__(self, text: str, *, too_big: bool = False) -> None:
+        super().__init__(text)
+        self.too_big = too_big
+
+
+def _minimal_url(url: str) -> str:
+    """support_tasmota.ino: `<path>/<name>[-XX]<ext>` -> `<path>/<name>-minimal<ext>`.
+
+    The extension starts at the first `.` of the file name; a `-` suffix (tasmota-DE,
+    tasmota-sensors) is dropped.
+    """
+    slash = url.rfind("/")
+    head, name = url[: slash + 1], url[slash + 1 :]
+    dot = name.find(".")
+    stem, ext = (name, "") if dot < 0 else (name[:dot], name[dot:])
+    dash = stem.rfind("-")
+    if dash >= 0:
+        stem = stem[:dash]
+    return f"{head}{stem}-minimal{ext}"
+
+
+def _build_of(url: str, fallback: str) -> str:
+    """The build an OTA URL's file name stands for (emulator convention, not Tasmota's).
+
+    `tasmota-minimal.bin.gz` -> minimal, `tasmota-sensors...` -> sensors, `tasmota.bin.gz`
+    and localised `tasmota-DE...` -> tasmota; other names: the suffix of `fallback`.
+    """
+    name = url.rsplit("/", 1)[-1].split(".", 1)[0]
+    if name == "tasmota" or re.fullmatch(r"tasmota-[A-Z]{2}", name):
+        return "tasmota"
+    if name.startswith("tasmota-"):
+        return name.removeprefix("tasmota-")
+    _, _, rest = fallback.partition("(")
+    return rest.rstrip(")") or "tasmota"

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeassistant.config_entries import ConfigFlowResult
+from homeassistant.config_entries import ConfigEntry, ConfigFlowResult, OptionsFlow
+from homeassistant.core import callback
 import voluptuous as vol
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
@@ -32,6 +33,14 @@ class SonoffOtaConfigFlow(SetupModeFlow, DiyFlow, HandoffFlow, domain=DOMAIN):
     """Collect the home Wi-Fi settings and drive a flash."""
 
     VERSION = 1
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> OptionsFlow:
+        """The Tasmota build the "Tasmota firmware" entities install (options_flow.py)."""
+        from .options_flow import SonoffOtaOptionsFlow  # noqa: PLC0415
+
+        return SonoffOtaOptionsFlow()
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the home Wi-Fi the device will join (once; later runs reuse it)."""

@@ -277,6 +277,11 @@ def async_release_ha_device(hass: HomeAssistant, entry: ConfigEntry, deviceid: s
     if device is None:
         return
     _LOGGER.debug("Device %s runs Tasmota: releasing its eWeLink device", deviceid)
+    # Drop our identifier too: a device HA merged with the Tasmota one (same MAC) would
+    # otherwise be "ours" again once our "Tasmota firmware" entity links to it (update.py).
+    remaining = device.identifiers - {(DOMAIN, deviceid)}
+    if remaining or device.connections:  # a device needs one of the two
+        registry.async_update_device(device.id, new_identifiers=remaining)
     registry.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
 
 

@@ -65,6 +65,8 @@ class Timeouts:
     """A firmware download that sends nothing for this long has stalled (sock_read)."""
     download: float = 300.0
     """A whole firmware download (a trickle that never stalls still ends)."""
+    tasmota_upgrade: float = 600.0
+    """Lite → full over Tasmota's own OTA, restarts and the -minimal step included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,10 @@ class Settings:
     """The Supervisor's API; default: `http://$SUPERVISOR`."""
     wifi_interface: str | None = None
     """The Wi-Fi interface to move; default: a spare one, else the one carrying the LAN."""
+    tasmota_releases_url: str | None = None
+    """Where the newest Tasmota release is read; default: GitHub's latest release; "": off."""
+    tasmota_ota_base_url: str | None = None
+    """Tasmota's OTA folder (`<base>/<build>.bin.gz`, plain http); default ota.tasmota.com."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -128,6 +134,8 @@ SETTINGS_SCHEMA = vol.Schema(
         vol.Optional("nm_bus_address"): cv.string,
         vol.Optional("supervisor_url"): cv.url,
         vol.Optional("wifi_interface"): cv.string,
+        vol.Optional("tasmota_releases_url"): vol.Any("", cv.url),
+        vol.Optional("tasmota_ota_base_url"): cv.url,
         vol.Optional("timeouts"): _TIMEOUT_SCHEMA,
     }
 )

@@ -28,6 +28,7 @@ from hatasmota.utils import (  # type: ignore[import-untyped]
 )
 import pytest
 
+from tests.proto.firmware_server import firmware_server
 from virtual_sonoff.images import make_image, tasmota_lite
 from virtual_sonoff.mosquitto import MosquittoBroker
 from virtual_sonoff.mqtt_client import MqttClient, MqttMessage
@@ -367,10 +368,57 @@ async def test_upgrade_rejects_a_non_image(socket_enabled: None) -> None:
         async with VirtualTasmota(b"", mac=MAC, config=TasmotaConfig(ssid1="home")) as device:
             await cm(device.station_port, f"Backlog OtaUrl {url}; Upgrade 1")
             await device.wait_until(lambda: device.upgrade_error is not None)
-            assert device.upgrade_error == "Magic byte is not 0xE9"
+            # ESP8266httpUpdate: neither 0xE9 nor a gzip header
+            assert device.upgrade_error == "Verify Bin Header Failed"
             assert device.version == "14.4.1(lite)"
     finally:
         await runner.cleanup()
+
+
+async def test_upgrade_retries_like_tasmota_then_reports_the_last_error(
+    socket_enabled: None,
+) -> None:
+    """10 attempts budget: `.gz` appended from the 6th; a `.gz` URL stops after its 6th."""
+    async with (
+        firmware_server({}) as files,
+        VirtualTasmota(b"", mac=MAC, config=TasmotaConfig(ssid1="home")) as device,
+    ):
+        assert await device.execute("Upgrade") == {"Upgrade": "1 or >14.4.1 to upgrade"}
+        plain = files.url("tasmota.bin")
+        assert await device.execute(f"OtaUrl {plain}") == {"OtaUrl": plain}
+        assert await device.execute("Upgrade 1") == {"Upgrade": f"Version 14.4.1 from {plain}"}
+        await device.wait_until(lambda: device.upgrade_error is not None)
+        assert device.ota_attempts == [plain] * 5 + [plain + ".gz"] * 4
+        assert device.upgrade_error == "File Not Found (404)"
+
+        device.ota_attempts.clear()
+        device.upgrade_error = None
+        gz = files.url("tasmota.bin.gz")
+        await device.execute(f"Backlog OtaUrl {gz}; Upgrade 1")
+        await device.wait_until(lambda: device.upgrade_error is not None)
+        assert device.ota_attempts == [gz] * 6
+
+
+async def test_too_big_image_hops_through_minimal_which_has_no_discovery(
+    socket_enabled: None,
+) -> None:
+    full = make_image(600_000, label="full")
+    minimal = make_image(300_000, label="minimal")
+    files_ = {"tasmota-sensors.bin.gz": full, "tasmota-minimal.bin.gz": minimal}
+    async with firmware_server(files_) as files:
+        lite = tasmota_lite(480_000)
+        async with VirtualTasmota(lite, mac=MAC, config=TasmotaConfig(ssid1="home")) as device:
+            assert device.free_sketch_space < len(full) < device.flash_size
+            url = files.url("tasmota-sensors.bin.gz")
+            await device.execute(f"Backlog OtaUrl {url}; Upgrade 1")
+            await device.wait_until(
+                lambda: device.version == "14.4.1(sensors)" and device.boot_count == 3, within=10
+            )
+            # the -XX suffix is dropped for the minimal name (support_tasmota.ino)
+            assert device.ota_attempts == [url, files.url("tasmota-minimal.bin.gz"), url]
+            assert device.ota_images == [minimal, full]
+            assert device.boot_count == 3  # lite -> minimal -> sensors
+            assert device.image == full
 
 
 async def test_restart_keeps_the_port_and_reset_1_returns_to_ap(socket_enabled: None) -> None:
