@@ -20,6 +20,7 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.event import async_track_state_change_event
 import pytest
 
+from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.flash_server import SERVER_KEY
 from custom_components.sonoff_ota.known_devices import find_ha_device, get_device
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker, Stage
@@ -121,7 +122,11 @@ async def test_install_flashes_the_device_and_hands_it_over(
         assert dash.entity_id(hass, "update", "firmware") is None
         assert dash.entity_id(hass, "sensor", "flash_stage") is None
         assert find_ha_device(hass, dash.entry, dash.deviceid) is None
-        assert not dr.async_entries_for_config_entry(dr.async_get(hass), dash.entry.entry_id)
+        # only the hub device (the "Flash all eligible devices" button) stays ours
+        assert [
+            device.identifiers
+            for device in dr.async_entries_for_config_entry(dr.async_get(hass), dash.entry.entry_id)
+        ] == [{(DOMAIN, dash.entry.entry_id)}]
         assert hass.data[SERVER_KEY].active == {}
         assert not hass.config_entries.flow.async_progress(), "the confirm form was answered"
         # ...handed over: the device is now HA's Tasmota device, and its relay works

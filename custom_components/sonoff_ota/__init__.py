@@ -20,9 +20,10 @@ from .issues import async_track_mqtt
 from .known_devices import async_adopt_pending_devices, signal_devices_updated
 from .proto.tasmota_handoff import EwelinkIdentity
 from .proto.wifi import WifiSettings
+from .services import async_setup_services
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
 
-PLATFORMS = [Platform.SENSOR, Platform.UPDATE]
+PLATFORMS = [Platform.BUTTON, Platform.SENSOR, Platform.UPDATE]
 
 CONFIG_SCHEMA = vol.Schema({vol.Optional(DOMAIN): SETTINGS_SCHEMA}, extra=vol.ALLOW_EXTRA)
 
@@ -42,6 +43,7 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     """Take the optional YAML settings (device and listener addresses)."""
     if DOMAIN in config:
         hass.data[SETTINGS_KEY] = settings_from_config(config[DOMAIN])
+    async_setup_services(hass)
     return True
 
 
@@ -55,7 +57,12 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
         wifi = WifiSettings(entry.data[CONF_SSID], entry.data[CONF_WIFI_PASSWORD])
         identity = EwelinkIdentity(deviceid=run.target.deviceid, model=run.target.model)
         outcome = await HandoffRun(
-            hass, run.tracker, wifi, identity, device_ip=run.target.host
+            hass,
+            run.tracker,
+            wifi,
+            identity,
+            device_ip=run.target.host,
+            ap_hop=flashes.ap_turn(run.tracker),
         ).run()
         return outcome.mac
 

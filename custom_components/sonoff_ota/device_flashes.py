@@ -1,21 +1,40 @@
-"""Flashes started from the dashboard (the update entity's install action).
+"""Flashes started from the dashboard: one device (its update entity) or several at once.
 
 One `DeviceFlashes` per config entry (in `entry.runtime_data`). It runs a DIY
 flash of a known device, keeps the latest `FlashTracker` of each device (for
 the entities and diagnostics) and tells subscribers about every change.
 Failures become `HomeAssistantError`s with a translated message naming the
 reason (the `exceptions` section of strings.json).
+
+Several devices (the hub's "Flash all eligible devices" button, the
+`sonoff_ota.flash` action) run concurrently, each as its own single-device
+flash with its own tracker, so every device's stage sensor and update
+percentage move as usual. One failure never stops the others; a device is
+never flashed twice (a device already being flashed, or named twice, is left
+alone: `_active` is claimed before the first await). At the end a persistent
+notification in HA's language lists each device's result.
+
+Tasmota's first-boot access point stands at one address (192.168.4.1) and
+takes one client, so the hand-offs take turns for their access-point stage
+(`ap_turn`); the flashes and the wait for MQTT discovery still overlap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+import enum
+import itertools
 import logging
+import re
+from typing import Any
 
-from homeassistant.components import network
+from homeassistant.components import network, persistent_notification
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.translation import async_get_translations
 
 from .const import DOMAIN, PATH_DIY
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
@@ -23,12 +42,18 @@ from .firmware_form import firmware_error_message
 from .flash_server import DeviceBusyError, async_get_flash_server
 from .handoff_run import HandoffLinkError
 from .issues import async_update_port_issue
-from .known_devices import DeviceRecord, async_mark_flashed, get_device
+from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_devices
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_store import FirmwareChoice, FirmwareError
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
+from .proto.tasmota_handoff import (
+    DETAIL_SSID,
+    SSID_PATTERN,
+    AmbiguousDeviceError,
+    HandoffError,
+    TasmotaApHop,
+)
 from .settings import get_settings
 from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
 
@@ -40,6 +65,34 @@ type AfterFlash = Callable[[DiyRun], Awaitable[str | None]]
 
 # Config-flow step that holds a device's claim while only waiting for the user.
 _CONFIRM_STEP = "diy_confirm"
+SUMMARY_SELECTOR = "flash_summary"
+"""`selector.flash_summary.options.*` in strings.json: the end-of-batch notification."""
+ELIGIBILITY_SELECTOR = "eligibility"
+"""`selector.eligibility.options.<row key>`: the eligibility table's sentences."""
+_batch_numbers = itertools.count(1)
+
+
+class BatchOutcome(enum.StrEnum):
+    """How one device of a batch ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    """The flash (or the hand-off) failed; `key` names why (an `exceptions` key)."""
+    NOT_ELIGIBLE = "not_eligible"
+    """Left alone, the eligibility table refuses it; `key` is the row."""
+    BUSY = "busy"
+    """Left alone, it is being flashed already (or was named twice)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One device of a batch."""
+
+    deviceid: str
+    outcome: BatchOutcome
+    key: str = ""
+    placeholders: dict[str, str] = field(default_factory=dict)
+    tasmota_device: str | None = None
 
 
 class DeviceFlashes:
@@ -57,6 +110,11 @@ class DeviceFlashes:
         """Optional hand-off step run after a successful flash (set by the integration)."""
         self._listeners: dict[str, list[TrackerListener]] = {}
         self._unsubscribe_tracker: dict[str, Callable[[], None]] = {}
+        self._active: set[str] = set()
+        """Devices with an install from here underway (claimed before any await)."""
+        self._ap_lock = asyncio.Lock()
+        self.batches: set[asyncio.Task[list[BatchResult]]] = set()
+        """Running batches (the button and the action return once one has started)."""
 
     # -- observing -------------------------------------------------------------------------
 
@@ -68,6 +126,10 @@ class DeviceFlashes:
         """True while a dashboard flash of `deviceid` runs."""
         tracker = self.trackers.get(deviceid)
         return tracker is not None and not tracker.finished
+
+    def busy(self, deviceid: str) -> bool:
+        """True from the moment an install of `deviceid` is asked for until it ends."""
+        return deviceid in self._active or self.running(deviceid)
 
     @callback
     def subscribe(self, deviceid: str, listener: TrackerListener) -> Callable[[], None]:
@@ -106,8 +168,17 @@ class DeviceFlashes:
             raise _error("unknown_device", deviceid=deviceid)
         if record.path != PATH_DIY or not record.host:
             raise _error("needs_setup_mode_flow", deviceid=deviceid)
-        if self.running(deviceid):
+        if self.busy(deviceid):
             raise _error("device_busy", deviceid=deviceid)
+        self._active.add(deviceid)
+        try:
+            await self._async_install(record, firmware)
+        finally:
+            self._active.discard(deviceid)
+
+    async def _async_install(self, record: DeviceRecord, firmware: FirmwareChoice | None) -> None:
+        deviceid = record.deviceid
+        assert record.host is not None  # checked by async_install
         await async_get_flash_server(self.hass)  # flows may not have created it yet
         self._abort_waiting_flows(deviceid)
         callback_host = get_settings(self.hass).callback_host or (
@@ -155,6 +226,111 @@ class DeviceFlashes:
         tracker.done()
         async_mark_flashed(self.hass, self.entry, deviceid, mac=mac)
 
+    # -- several devices ------------------------------------------------------------------
+
+    def eligible(self) -> list[str]:
+        """Devices "Flash all eligible devices" takes: flashable from here and not running."""
+        return [
+            record.deviceid
+            for record in get_devices(self.entry).values()
+            if record.dashboard_flashable and not self.busy(record.deviceid)
+        ]
+
+    @callback
+    def async_start_batch(self, deviceids: Iterable[str]) -> asyncio.Task[list[BatchResult]]:
+        """Flash `deviceids` concurrently in the background; raise if none can start.
+
+        Raises `HomeAssistantError` (`nothing_to_flash`) when no named device is
+        flashable from here right now; nothing is started then.
+        """
+        wanted = list(dict.fromkeys(deviceids))
+        startable = [
+            deviceid
+            for deviceid in wanted
+            if (record := get_device(self.entry, deviceid)) is not None
+            and record.dashboard_flashable
+            and not self.busy(deviceid)
+        ]
+        if not startable:
+            raise _error("nothing_to_flash")
+        task = self.entry.async_create_background_task(
+            self.hass, self.async_flash_many(wanted), f"{DOMAIN} flash of {len(wanted)} devices"
+        )
+        self.batches.add(task)
+        task.add_done_callback(self.batches.discard)
+        return task
+
+    async def async_flash_many(self, deviceids: Iterable[str]) -> list[BatchResult]:
+        """Flash several devices at once; every one ends with a result, then a notification."""
+        wanted = list(dict.fromkeys(deviceids))  # named twice: flashed once
+        results: dict[str, BatchResult] = {}
+        todo: list[str] = []
+        for deviceid in wanted:
+            record = get_device(self.entry, deviceid)
+            if record is not None and self.busy(deviceid):
+                results[deviceid] = BatchResult(deviceid, BatchOutcome.BUSY)
+            elif record is None or record.flashed:
+                results[deviceid] = _failed(deviceid, "unknown_device", deviceid=deviceid)
+            elif record.path != PATH_DIY or not record.host:
+                results[deviceid] = _failed(deviceid, "needs_setup_mode_flow", deviceid=deviceid)
+            elif not (decision := record.eligibility).ok:
+                results[deviceid] = BatchResult(
+                    deviceid, BatchOutcome.NOT_ELIGIBLE, decision.row.key, decision.placeholders
+                )
+            else:
+                todo.append(deviceid)
+        _LOGGER.info("Flashing %d of %d devices at once", len(todo), len(wanted))
+        outcomes = await asyncio.gather(
+            *(self._async_flash_one(deviceid) for deviceid in todo), return_exceptions=True
+        )
+        for deviceid, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, BatchResult):
+                results[deviceid] = outcome
+            elif isinstance(outcome, asyncio.CancelledError):
+                results[deviceid] = _failed(deviceid, "unknown")
+            else:
+                _LOGGER.error("Flash of %s failed unexpectedly", deviceid, exc_info=outcome)
+                results[deviceid] = _failed(deviceid, "unknown")
+        ordered = [results[deviceid] for deviceid in wanted]
+        await self._async_notify(ordered)
+        return ordered
+
+    async def _async_flash_one(self, deviceid: str) -> BatchResult:
+        try:
+            await self.async_install(deviceid)
+        except HomeAssistantError as err:
+            return _failed(
+                deviceid, err.translation_key or "unknown", **(err.translation_placeholders or {})
+            )
+        tracker = self.trackers.get(deviceid)
+        name = tracker.details.get("tasmota_device") if tracker is not None else None
+        return BatchResult(deviceid, BatchOutcome.DONE, tasmota_device=name)
+
+    async def _async_notify(self, results: list[BatchResult]) -> None:
+        """One persistent notification listing every device's result, in HA's language."""
+        language = self.hass.config.language
+        texts = {
+            **await async_get_translations(self.hass, language, "selector", [DOMAIN]),
+            **await async_get_translations(self.hass, language, "exceptions", [DOMAIN]),
+        }
+        done = sum(result.outcome is BatchOutcome.DONE for result in results)
+        title = _render(
+            texts,
+            f"selector.{SUMMARY_SELECTOR}.options.title",
+            {"done": str(done), "total": str(len(results))},
+        )
+        lines = [f"- {_summary_line(texts, result)}" for result in results]
+        persistent_notification.async_create(
+            self.hass,
+            "\n".join(lines),
+            title=title,
+            notification_id=f"{DOMAIN}_flash_batch_{next(_batch_numbers)}",
+        )
+
+    def ap_turn(self, tracker: FlashTracker) -> TasmotaApHop:
+        """The hand-off's turn at Tasmota's access point (one device at a time)."""
+        return _ApTurn(self._ap_lock, tracker)
+
     def _abort_waiting_flows(self, deviceid: str) -> None:
         """A discovery flow still asking "Flash it?" holds the device: the button answers it."""
         flows = self.hass.config_entries.flow
@@ -170,6 +346,72 @@ class DeviceFlashes:
             unsubscribe()
         self._unsubscribe_tracker.clear()
         self._listeners.clear()
+
+
+class _ApTurn:
+    """A `TasmotaApHop` that moves nothing: it waits for the access point's turn.
+
+    The AP (192.168.4.1, one client) is there for one flashed device at a time:
+    hand-offs probing it at once would configure the same Tasmota twice.
+    `restore` gives the turn back (before the wait for MQTT discovery).
+    """
+
+    def __init__(self, lock: asyncio.Lock, tracker: FlashTracker) -> None:
+        self._lock = lock
+        self._tracker = tracker
+        self._held = False
+
+    async def join_tasmota_ap(self, pattern: re.Pattern[str], timeout: float) -> str:  # noqa: ASYNC109
+        """Wait for the turn (no timeout: the AP stage's own deadline still runs)."""
+        if not self._held:
+            await self._lock.acquire()
+            self._held = True
+        return self._tracker.details.get(DETAIL_SSID, SSID_PATTERN)
+
+    async def restore(self) -> None:
+        """Give the turn back (idempotent)."""
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+def _failed(device: str, key: str, **placeholders: str) -> BatchResult:
+    return BatchResult(device, BatchOutcome.FAILED, key, placeholders)
+
+
+def _render(texts: Mapping[str, str], key: str, values: Mapping[str, str]) -> str:
+    """One loaded translation, filled in; the key itself when missing or broken."""
+    template = texts.get(f"component.{DOMAIN}.{key}")
+    if template is None:
+        return key
+    try:
+        return template.format_map(_Placeholders(values))
+    except (IndexError, ValueError):
+        return template
+
+
+class _Placeholders(dict[str, str]):
+    """Unknown placeholders stay visible as `{name}` instead of raising."""
+
+    def __missing__(self, key: str) -> str:
+        return f"{{{key}}}"
+
+
+def _summary_line(texts: Mapping[str, str], result: BatchResult) -> str:
+    values: dict[str, Any] = {"deviceid": result.deviceid}
+    base = f"selector.{SUMMARY_SELECTOR}.options"
+    match result.outcome:
+        case BatchOutcome.DONE:
+            values["tasmota_device"] = result.tasmota_device or result.deviceid
+            return _render(texts, f"{base}.done", values)
+        case BatchOutcome.BUSY:
+            return _render(texts, f"{base}.busy", values)
+        case BatchOutcome.NOT_ELIGIBLE:
+            key = f"selector.{ELIGIBILITY_SELECTOR}.options.{result.key}"
+        case _:
+            key = f"exceptions.{result.key}.message"
+    values["message"] = _render(texts, key, result.placeholders)
+    return _render(texts, f"{base}.failed", values)
 
 
 def _target(record: DeviceRecord) -> DiyTarget:
