@@ -57,12 +57,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
         wifi = WifiSettings(entry.data[CONF_SSID], entry.data[CONF_WIFI_PASSWORD])
         identity = EwelinkIdentity(deviceid=run.target.deviceid, model=run.target.model)
         outcome = await HandoffRun(
-            hass,
-            run.tracker,
-            wifi,
-            identity,
-            device_ip=run.target.host,
-            ap_hop=flashes.ap_turn(run.tracker),
+            hass, run.tracker, wifi, identity, device_ip=run.target.host
         ).run()
         return outcome.mac
 

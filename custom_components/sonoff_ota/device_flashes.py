@@ -14,9 +14,13 @@ never flashed twice (a device already being flashed, or named twice, is left
 alone: `_active` is claimed before the first await). At the end a persistent
 notification in HA's language lists each device's result.
 
+The flashes overlap; the hand-offs after them take turns (`_handoff_lock`).
 Tasmota's first-boot access point stands at one address (192.168.4.1) and
-takes one client, so the hand-offs take turns for their access-point stage
-(`ap_turn`); the flashes and the wait for MQTT discovery still overlap.
+takes one client, and a DIY device tells no MAC, so a hand-off recognises
+"its" Tasmota only as the one it configured on that access point, or as the
+one new Tasmota on MQTT: two at once would configure the same device twice or
+link one device to two records. Each hand-off starts once the previous one
+has its device in HA (it is then "known", never "the new one").
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from dataclasses import dataclass, field
 import enum
 import itertools
 import logging
-import re
 from typing import Any
 
 from homeassistant.components import network, persistent_notification
@@ -47,13 +50,7 @@ from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_store import FirmwareChoice, FirmwareError
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_handoff import (
-    DETAIL_SSID,
-    SSID_PATTERN,
-    AmbiguousDeviceError,
-    HandoffError,
-    TasmotaApHop,
-)
+from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
 from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
 
@@ -112,7 +109,8 @@ class DeviceFlashes:
         self._unsubscribe_tracker: dict[str, Callable[[], None]] = {}
         self._active: set[str] = set()
         """Devices with an install from here underway (claimed before any await)."""
-        self._ap_lock = asyncio.Lock()
+        self._handoff_lock = asyncio.Lock()
+        """One hand-off at a time (see the module docstring)."""
         self.batches: set[asyncio.Task[list[BatchResult]]] = set()
         """Running batches (the button and the action return once one has started)."""
 
@@ -195,7 +193,8 @@ class DeviceFlashes:
                 # move the bar of the finished CHECKING stage back.
                 await run.run()
                 if self.after_flash is not None:
-                    mac = await self.after_flash(run)
+                    async with self._handoff_lock:
+                        mac = await self.after_flash(run)
             finally:
                 self.synthetic_image = run.synthetic_image or self.synthetic_image
                 await run.close()
@@ -327,10 +326,6 @@ class DeviceFlashes:
             notification_id=f"{DOMAIN}_flash_batch_{next(_batch_numbers)}",
         )
 
-    def ap_turn(self, tracker: FlashTracker) -> TasmotaApHop:
-        """The hand-off's turn at Tasmota's access point (one device at a time)."""
-        return _ApTurn(self._ap_lock, tracker)
-
     def _abort_waiting_flows(self, deviceid: str) -> None:
         """A discovery flow still asking "Flash it?" holds the device: the button answers it."""
         flows = self.hass.config_entries.flow
@@ -346,33 +341,6 @@ class DeviceFlashes:
             unsubscribe()
         self._unsubscribe_tracker.clear()
         self._listeners.clear()
-
-
-class _ApTurn:
-    """A `TasmotaApHop` that moves nothing: it waits for the access point's turn.
-
-    The AP (192.168.4.1, one client) is there for one flashed device at a time:
-    hand-offs probing it at once would configure the same Tasmota twice.
-    `restore` gives the turn back (before the wait for MQTT discovery).
-    """
-
-    def __init__(self, lock: asyncio.Lock, tracker: FlashTracker) -> None:
-        self._lock = lock
-        self._tracker = tracker
-        self._held = False
-
-    async def join_tasmota_ap(self, pattern: re.Pattern[str], timeout: float) -> str:  # noqa: ASYNC109
-        """Wait for the turn (no timeout: the AP stage's own deadline still runs)."""
-        if not self._held:
-            await self._lock.acquire()
-            self._held = True
-        return self._tracker.details.get(DETAIL_SSID, SSID_PATTERN)
-
-    async def restore(self) -> None:
-        """Give the turn back (idempotent)."""
-        if self._held:
-            self._held = False
-            self._lock.release()
 
 
 def _failed(device: str, key: str, **placeholders: str) -> BatchResult:
