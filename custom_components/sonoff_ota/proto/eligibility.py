@@ -230,7 +230,7 @@ ROWS: Final[tuple[Row, ...]] = (
         sentence=(
             "Encrypted LAN mode cannot be flashed: switch the device to DIY mode first "
             "(hold its button 5 s, then 5 s more, join its ITEAD-… network with password 12345678 "
-            "and enter your Wi-Fi at http://10.10.7.1/)."
+            "and enter your Wi-Fi at 10.10.7.1)."
         ),
         flashed_by="DIY mode, once switched",
         encrypted=True,
