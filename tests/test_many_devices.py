@@ -144,8 +144,15 @@ async def test_flash_all_flashes_three_and_reports_two_clear_errors(
         state = hass.states.get(button)
         assert state is not None
         assert state.name == "Sonoff OTA Flash all eligible devices"
-        hub = dr.async_get(hass).async_get_device({(DOMAIN, fleet.entry.entry_id)})
-        assert hub is not None and hub.entry_type is dr.DeviceEntryType.SERVICE
+        (hub,) = (
+            device
+            for device in dr.async_entries_for_config_entry(
+                dr.async_get(hass), fleet.entry.entry_id
+            )
+            if (DOMAIN, fleet.entry.entry_id) in device.identifiers
+        )
+        assert hub.entry_type is dr.DeviceEntryType.SERVICE
+        assert hub.name == "Sonoff OTA"
         updates = {
             deviceid: registry.async_get_entity_id("update", DOMAIN, f"{deviceid}_firmware")
             for deviceid in fleet.sonoffs

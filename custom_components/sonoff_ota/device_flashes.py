@@ -11,7 +11,8 @@ Several devices (the hub's "Flash all eligible devices" button, the
 flash with its own tracker, so every device's stage sensor and update
 percentage move as usual. One failure never stops the others; a device is
 never flashed twice (a device already being flashed, or named twice, is left
-alone: `_active` is claimed before the first await). At the end a persistent
+alone: `_active` is claimed before the first await). The scheduling is
+`proto.flash_batch.run_isolated`, which the benchmark times as well. At the end a persistent
 notification in HA's language lists each device's result.
 
 The flashes overlap; the hand-offs after them take turns (`_handoff_lock`).
@@ -49,6 +50,7 @@ from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_dev
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_store import FirmwareChoice, FirmwareError
+from .proto.flash_batch import run_isolated
 from .proto.flash_stages import FlashTracker
 from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
@@ -279,17 +281,7 @@ class DeviceFlashes:
             else:
                 todo.append(deviceid)
         _LOGGER.info("Flashing %d of %d devices at once", len(todo), len(wanted))
-        outcomes = await asyncio.gather(
-            *(self._async_flash_one(deviceid) for deviceid in todo), return_exceptions=True
-        )
-        for deviceid, outcome in zip(todo, outcomes, strict=True):
-            if isinstance(outcome, BatchResult):
-                results[deviceid] = outcome
-            elif isinstance(outcome, asyncio.CancelledError):
-                results[deviceid] = _failed(deviceid, "unknown")
-            else:
-                _LOGGER.error("Flash of %s failed unexpectedly", deviceid, exc_info=outcome)
-                results[deviceid] = _failed(deviceid, "unknown")
+        results.update(await run_isolated(todo, self._async_flash_one, _unexpected))
         ordered = [results[deviceid] for deviceid in wanted]
         await self._async_notify(ordered)
         return ordered
@@ -341,6 +333,13 @@ class DeviceFlashes:
             unsubscribe()
         self._unsubscribe_tracker.clear()
         self._listeners.clear()
+
+
+def _unexpected(deviceid: str, err: BaseException) -> BatchResult:
+    """A flash that ended without a `HomeAssistantError` (a bug, or cancelled alone)."""
+    if not isinstance(err, asyncio.CancelledError):
+        _LOGGER.error("Flash of %s failed unexpectedly", deviceid, exc_info=err)
+    return _failed(deviceid, "unknown")
 
 
 def _failed(device: str, key: str, **placeholders: str) -> BatchResult:

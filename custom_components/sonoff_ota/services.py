@@ -10,7 +10,7 @@ are left alone and say why in that notification.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, callback
@@ -23,9 +23,8 @@ from .known_devices import get_entry
 
 SERVICE_FLASH: Final = "flash"
 ATTR_DEVICE_ID: Final = "device_id"
-FLASH_SCHEMA: Final = vol.Schema(
-    {vol.Required(ATTR_DEVICE_ID): vol.All(cv.ensure_list, [cv.string])}
-)
+# Typed Any, as the config flow's schemas: HA 2026.x types schemas as probatio's.
+FLASH_SCHEMA: Any = vol.Schema({vol.Required(ATTR_DEVICE_ID): vol.All(cv.ensure_list, [cv.string])})
 
 
 @callback
