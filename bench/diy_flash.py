@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+import os
 from pathlib import Path
 import statistics
 import sys
@@ -273,8 +274,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--scale must be > 0 and 1 <= --devices < {MAX_DEVICES // 2}")
     if not 0 <= args.failing < max(args.devices, 1):
         parser.error("--failing must be >= 0 and below --devices")
+    # Other processes' CPU load shows in every figure (they share our cores): say how much.
+    print(f"load average before: {_load()} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory(prefix="sonoff-ota-bench-") as config_dir:
-        return asyncio.run(bench(Path(config_dir), args.scale, args.devices, args.failing))
+        code = asyncio.run(bench(Path(config_dir), args.scale, args.devices, args.failing))
+    print(f"load average after:  {_load()}")
+    return code
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (read outside the event loop)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":
