@@ -92,6 +92,10 @@ class BatchResult:
     key: str = ""
     placeholders: dict[str, str] = field(default_factory=dict)
     tasmota_device: str | None = None
+    domain: str = DOMAIN
+    """The integration whose `exceptions.<key>` names the failure (HA's MQTT, for example)."""
+    message: str = ""
+    """The failure in English, shown when no translation is found."""
 
 
 class DeviceFlashes:
@@ -290,8 +294,13 @@ class DeviceFlashes:
         try:
             await self.async_install(deviceid)
         except HomeAssistantError as err:
-            return _failed(
-                deviceid, err.translation_key or "unknown", **(err.translation_placeholders or {})
+            return BatchResult(
+                deviceid,
+                BatchOutcome.FAILED,
+                err.translation_key or "unknown",
+                dict(err.translation_placeholders or {}),
+                domain=err.translation_domain or DOMAIN,
+                message=str(err),
             )
         tracker = self.trackers.get(deviceid)
         name = tracker.details.get("tasmota_device") if tracker is not None else None
@@ -300,9 +309,10 @@ class DeviceFlashes:
     async def _async_notify(self, results: list[BatchResult]) -> None:
         """One persistent notification listing every device's result, in HA's language."""
         language = self.hass.config.language
+        domains = {DOMAIN, *(result.domain for result in results)}
         texts = {
             **await async_get_translations(self.hass, language, "selector", [DOMAIN]),
-            **await async_get_translations(self.hass, language, "exceptions", [DOMAIN]),
+            **await async_get_translations(self.hass, language, "exceptions", domains),
         }
         done = sum(result.outcome is BatchOutcome.DONE for result in results)
         title = _render(
@@ -346,11 +356,18 @@ def _failed(device: str, key: str, **placeholders: str) -> BatchResult:
     return BatchResult(device, BatchOutcome.FAILED, key, placeholders)
 
 
-def _render(texts: Mapping[str, str], key: str, values: Mapping[str, str]) -> str:
-    """One loaded translation, filled in; the key itself when missing or broken."""
-    template = texts.get(f"component.{DOMAIN}.{key}")
+def _render(
+    texts: Mapping[str, str],
+    key: str,
+    values: Mapping[str, str],
+    *,
+    domain: str = DOMAIN,
+    fallback: str | None = None,
+) -> str:
+    """One loaded translation, filled in; `fallback` (or the key) when missing or broken."""
+    template = texts.get(f"component.{domain}.{key}")
     if template is None:
-        return key
+        return fallback or key
     try:
         return template.format_map(_Placeholders(values))
     except (IndexError, ValueError):
@@ -376,7 +393,14 @@ def _summary_line(texts: Mapping[str, str], result: BatchResult) -> str:
         case BatchOutcome.NOT_ELIGIBLE:
             key = f"selector.{ELIGIBILITY_SELECTOR}.options.{result.key}"
         case _:
-            key = f"exceptions.{result.key}.message"
+            values["message"] = _render(
+                texts,
+                f"exceptions.{result.key}.message",
+                result.placeholders,
+                domain=result.domain,
+                fallback=result.message,
+            )
+            return _render(texts, f"{base}.failed", values)
     values["message"] = _render(texts, key, result.placeholders)
     return _render(texts, f"{base}.failed", values)
 
