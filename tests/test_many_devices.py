@@ -201,6 +201,11 @@ async def test_flash_all_flashes_three_and_reports_two_clear_errors(
             SHA_MISMATCH: (BatchOutcome.FAILED, "sha256_mismatch"),
         }
         assert most_at_once >= 2, "the devices were flashed one after the other"
+        # every preflight was decided by the eligibility table
+        trackers = fleet.entry.runtime_data.flashes.trackers
+        assert {d: trackers[d].details["eligibility"] for d in fleet.sonoffs} == dict.fromkeys(
+            fleet.sonoffs, "diy_verified"
+        )
         # never flashed twice; the refused unlock never got as far as ota_flash
         assert {d: fleet.ota_flashes(d) for d in fleet.sonoffs} == {
             **dict.fromkeys(good, 1),
