@@ -20,6 +20,7 @@ from homeassistant.helpers import device_registry as dr, entity_registry as er
 from homeassistant.helpers.event import async_track_state_change_event
 import pytest
 
+from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.flash_server import SERVER_KEY
 from custom_components.sonoff_ota.known_devices import find_ha_device, get_device
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker, Stage
@@ -133,7 +134,11 @@ async def test_install_flashes_the_device_and_hands_it_over(
         await assert_tasmota_switch_works(hass, ha_device.id, tasmota)
         # ...and since we flashed it, it carries our "Tasmota firmware" entity, and only that
         # (HA 2025.x: on HA's Tasmota device itself; 2026.x: our device with its MAC)
-        (ours,) = dr.async_entries_for_config_entry(dr.async_get(hass), dash.entry.entry_id)
+        # (besides the hub device, which holds the "Flash all eligible devices" button)
+        devices = dr.async_entries_for_config_entry(dr.async_get(hass), dash.entry.entry_id)
+        hub = {(DOMAIN, dash.entry.entry_id)}
+        assert [d.identifiers for d in devices].count(hub) == 1
+        (ours,) = [d for d in devices if d.identifiers != hub]
         assert ha_device.connections <= ours.connections
         assert [
             e.unique_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+import errno
 import logging
 import socket
 from typing import Literal
@@ -89,19 +90,29 @@ class VirtualSonoff(StartStop):
     async def _boot_tasmota(self, image: bytes) -> None:
         module, relays = _MODULES.get(self.model, ("Sonoff Basic", 1))
         plan = self.tasmota_plan
-        while plan.ap_port and not _port_free(plan.ap_host, plan.ap_port):  # noqa: ASYNC110
-            # another virtual Tasmota still has "192.168.4.1" (see the module docstring)
-            await asyncio.sleep(plan.retry_interval)
-        self.tasmota = VirtualTasmota(
-            image,
-            mac=self.mac,
-            module=module,
-            relays=relays,
-            version=plan.version,
-            ap_bind=(plan.ap_host, plan.ap_port),
-            station_bind=(plan.station_host, 0),
-        )
-        await self.tasmota.start()
+        while True:
+            while plan.ap_port and not _port_free(plan.ap_host, plan.ap_port):  # noqa: ASYNC110
+                # another virtual Tasmota still has "192.168.4.1" (see the module docstring)
+                await asyncio.sleep(plan.retry_interval)
+            tasmota = VirtualTasmota(
+                image,
+                mac=self.mac,
+                module=module,
+                relays=relays,
+                version=plan.version,
+                ap_bind=(plan.ap_host, plan.ap_port),
+                station_bind=(plan.station_host, 0),
+            )
+            try:
+                await tasmota.start()
+            except OSError as err:
+                # Two Tasmotas saw the port free at once and the other bound it first.
+                if not plan.ap_port or err.errno != errno.EADDRINUSE:
+                    raise
+                await tasmota.stop()
+                continue
+            break
+        self.tasmota = tasmota
         self.tasmota_started.set()
         _LOGGER.info("%s boots Tasmota: AP %s", self.mac, self.tasmota.ap_ssid)
 

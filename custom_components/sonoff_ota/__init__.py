@@ -20,9 +20,10 @@ from .issues import async_track_mqtt
 from .known_devices import async_adopt_pending_devices, signal_devices_updated
 from .proto.tasmota_handoff import EwelinkIdentity
 from .proto.wifi import WifiSettings
+from .services import async_setup_services
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
 
-PLATFORMS = [Platform.SENSOR, Platform.UPDATE]
+PLATFORMS = [Platform.BUTTON, Platform.SENSOR, Platform.UPDATE]
 
 CONFIG_SCHEMA = vol.Schema({vol.Optional(DOMAIN): SETTINGS_SCHEMA}, extra=vol.ALLOW_EXTRA)
 
@@ -42,6 +43,7 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     """Take the optional YAML settings (device and listener addresses)."""
     if DOMAIN in config:
         hass.data[SETTINGS_KEY] = settings_from_config(config[DOMAIN])
+    async_setup_services(hass)
     return True
 
 

@@ -31,6 +31,7 @@ from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN, PATH_DIY, PATH_SETUP_MODE
 from .diy_run import DiyRun
+from .proto.eligibility import Decision, check_record
 from .setup_mode_run import SetupModeRun
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,6 +68,24 @@ class DeviceRecord:
     def flashed(self) -> bool:
         """True once the device runs Tasmota."""
         return self.state == STATE_TASMOTA
+
+    @property
+    def eligibility(self) -> Decision:
+        """What the eligibility table says about this device, from what the record holds."""
+        return check_record(
+            self.path,
+            device_type=self.device_type,
+            fw_version=self.fw_version,
+            model=self.model,
+            deviceid=self.deviceid,
+        )
+
+    @property
+    def dashboard_flashable(self) -> bool:
+        """True when the dashboard may flash it: DIY, reachable, eWeLink, not refused."""
+        return (
+            not self.flashed and self.path == PATH_DIY and bool(self.host) and self.eligibility.ok
+        )
 
     def as_data(self) -> dict[str, Any]:
         """The stored form (without the deviceid, which is the key)."""

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-import enum
 import json
 import re
 from typing import Any
+
+from .eligibility import (
+    FLASHABLE_TYPES,
+    KNOWN_OTHER_TYPES,
+    MIN_DIY_FIRMWARE,
+    EligibilityReason,
+    EligibilityWarning,
+    check_diy,
+    diy_version,
+)
 
 SERVICE_TYPE = "_ewelink._tcp.local."
 DEFAULT_PORT = 8081
@@ -22,33 +31,18 @@ _DEVICEID_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
 # The device-info JSON is split over data1..data4 in 249-byte chunks (spec §1.3).
 _DATA_KEYS = ("data1", "data2", "data3", "data4")
 
-DIY_AP_PASSWORD = "12345678"
-DIY_AP_SETUP_URL = "http://10.10.7.1/"
-
-# Only `diy_plug` is documented as an `ota_flash` target (spec §1.3).
-FLASHABLE_TYPES = frozenset({"diy_plug"})
-# Types known from AlexxIT's devices.py (spec §1.3/§2) that we still refuse.
-KNOWN_OTHER_TYPES = frozenset(
-    {
-        "plug",
-        "strip",
-        "enhanced_plug",
-        "th_plug",
-        "rf",
-        "fan_light",
-        "light",
-        "diylight",
-        "diy_light",
-        "switch_radar",
-        "multifun_switch",
-        "meter",
-    }
-)
-# R4 / BL602 / ESP32 generation (spec §1.1, §2 item 2): cannot run Tasmota at all.
-_NOT_ESP8266_MODEL_RE = re.compile(r"(BL602|ESP32|^BASICR4|^MINIR4|R4M?$)")
-MIN_DIY_FIRMWARE = (3, 3, 0)
-# 3.3-3.7 have flash reports; 3.8.x is unverified (spec §1.1, §7).
-MAX_VERIFIED_FIRMWARE = (3, 7)
+# The eligibility facts live in ONE table (eligibility.py); these names stay importable here.
+__all__ = [
+    "FLASHABLE_TYPES",
+    "KNOWN_OTHER_TYPES",
+    "MIN_DIY_FIRMWARE",
+    "Eligibility",
+    "EligibilityReason",
+    "EligibilityWarning",
+    "check_advert_eligibility",
+    "check_eligibility",
+    "parse_advert",
+]
 
 
 class DiyAdvertError(ValueError):
@@ -149,24 +143,6 @@ def parse_advert(
     )
 
 
-class EligibilityReason(enum.StrEnum):
-    """Why a device can or cannot be flashed over DIY (stable translation keys)."""
-
-    OK = "ok"
-    ENCRYPTED_LAN_MODE = "encrypted_lan_mode"
-    CANNOT_RUN_TASMOTA = "cannot_run_tasmota"
-    UNSUPPORTED_TYPE = "unsupported_type"
-    UNKNOWN_TYPE = "unknown_type"
-    NEEDS_EWELINK_UPDATE = "needs_ewelink_update"
-
-
-class EligibilityWarning(enum.StrEnum):
-    """Flashing may go ahead, but the user should know this."""
-
-    UNVERIFIED_FIRMWARE = "unverified_firmware"
-    FIRMWARE_UNKNOWN = "firmware_unknown"
-
-
 @dataclass(frozen=True, slots=True)
 class Eligibility:
     """The preflight verdict: a reason key plus placeholders for its message."""
@@ -175,25 +151,13 @@ class Eligibility:
     reason: EligibilityReason
     placeholders: dict[str, str] = field(default_factory=dict)
     warnings: tuple[EligibilityWarning, ...] = ()
+    row: str = ""
+    """The key of the eligibility-table row that decided."""
 
 
 def parse_fw_version(version: str | None) -> tuple[int, ...] | None:
     """Return `"3.6.0"` as (3, 6, 0); None when absent or not numeric."""
-    if not version:
-        return None
-    parts = re.findall(r"\d+", version.split("-")[0])
-    if not parts:
-        return None
-    return tuple(int(p) for p in parts)
-
-
-def _diy_mode_placeholders(deviceid: str | None) -> dict[str, str]:
-    # Steps from spec §1.2: 5 s + 5 s long-press, join ITEAD-<id>, set Wi-Fi at 10.10.7.1.
-    return {
-        "ap_ssid": f"ITEAD-{deviceid}" if deviceid else "ITEAD-<deviceid>",
-        "ap_password": DIY_AP_PASSWORD,
-        "setup_url": DIY_AP_SETUP_URL,
-    }
+    return diy_version(version)
 
 
 def check_eligibility(
@@ -207,70 +171,22 @@ def check_eligibility(
     """Decide, before anything is sent, whether the DIY path may flash this device.
 
     `model` is the eWeLink `productModel` when known (cloud), e.g. `BASICR4`.
-    Order matters: hardware that cannot run Tasmota is reported before the
-    "switch to DIY mode" advice, which would be pointless for it.
+    The verdict is the first matching row of the eligibility table (`check_diy`).
     """
-    fw = parse_fw_version(fw_version)
-    dtype = (device_type or "").strip().lower() or None
-    shown_fw = fw_version or "?"
-
-    if model and _NOT_ESP8266_MODEL_RE.search(model.strip().upper()):
-        return Eligibility(
-            ok=False,
-            reason=EligibilityReason.CANNOT_RUN_TASMOTA,
-            placeholders={"model": model, "fw_version": shown_fw},
-        )
-    if fw is not None and fw[0] == 1:
-        # 1.x = BL602/ESP32 generation (spec §1.1 last row).
-        return Eligibility(
-            ok=False,
-            reason=EligibilityReason.CANNOT_RUN_TASMOTA,
-            placeholders={"model": model or dtype or "?", "fw_version": shown_fw},
-        )
-    if encrypted:
-        return Eligibility(
-            ok=False,
-            reason=EligibilityReason.ENCRYPTED_LAN_MODE,
-            placeholders=_diy_mode_placeholders(deviceid),
-        )
-    if dtype is None or (dtype not in FLASHABLE_TYPES and dtype not in KNOWN_OTHER_TYPES):
-        return Eligibility(
-            ok=False,
-            reason=EligibilityReason.UNKNOWN_TYPE,
-            placeholders={"device_type": dtype or "?"},
-        )
-    if dtype not in FLASHABLE_TYPES:
-        return Eligibility(
-            ok=False,
-            reason=EligibilityReason.UNSUPPORTED_TYPE,
-            placeholders={"device_type": dtype},
-        )
-    if fw is None:
-        # v1.4 firmware (3.3/3.4) has no fwVersion in /info (spec §1.6).
-        return Eligibility(
-            ok=True,
-            reason=EligibilityReason.OK,
-            placeholders={"fw_version": shown_fw},
-            warnings=(EligibilityWarning.FIRMWARE_UNKNOWN,),
-        )
-    if fw < MIN_DIY_FIRMWARE:
-        # [TD] says >= 3.1, the v1.4 doc >= 3.3.0; we require the stricter one.
-        return Eligibility(
-            ok=False,
-            reason=EligibilityReason.NEEDS_EWELINK_UPDATE,
-            placeholders={
-                "fw_version": shown_fw,
-                "min_version": ".".join(map(str, MIN_DIY_FIRMWARE)),
-            },
-        )
-    warnings: tuple[EligibilityWarning, ...] = ()
-    if fw[:2] > MAX_VERIFIED_FIRMWARE:
-        warnings = (EligibilityWarning.UNVERIFIED_FIRMWARE,)
+    decision = check_diy(
+        device_type=device_type,
+        fw_version=fw_version,
+        encrypted=encrypted,
+        model=model,
+        deviceid=deviceid,
+    )
+    row = decision.row
     return Eligibility(
-        ok=True,
-        reason=EligibilityReason.OK,
-        placeholders={"fw_version": shown_fw},
-        warnings=warnings,
+        ok=decision.ok,
+        reason=EligibilityReason(row.reason),
+        placeholders=decision.placeholders,
+        warnings=(row.warning,) if row.warning is not None else (),
+        row=row.key,
     )
 
 

@@ -96,7 +96,12 @@ class DiyFlasher:
             model=self.job.model,
             deviceid=self.job.deviceid,
         )
-        details = {"deviceid": self.job.deviceid, "fw_version": info.fw_version or "?"}
+        details = {
+            "deviceid": self.job.deviceid,
+            "fw_version": info.fw_version or "?",
+            # the eligibility-table row (its sentence: selector.eligibility.options.<row>)
+            "eligibility": eligibility.row,
+        }
         if eligibility.warnings:
             details["warnings"] = ", ".join(str(w) for w in eligibility.warnings)
         self.tracker.update(1.0, **details)

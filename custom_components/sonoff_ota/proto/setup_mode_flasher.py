@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass, field
 import logging
-import re
 from typing import TYPE_CHECKING, Final
 
+from .eligibility import check_setup_mode
 from .fake_cloud import CloudEventKind, DeviceSession, FakeCloud, PacingPolicy, UpgradeOffer
 from .flash_stages import FlashTracker, Stage
 from .image_server import ImageEvent, ImageEventKind, ImageServer, ServedSet
@@ -40,31 +40,14 @@ FINAL_NAME: Final = "image_arduino.bin"
 """The names the intermediate image hard-codes (spec §2, §7)."""
 
 
-_VERSION_RE: Final = re.compile(r"^(\d+)\.(\d+)")
-
-
 def firmware_verdict(rom_version: str | None) -> str:
     """Classify an eWeLink `romVersion` for setup mode (spec §10, §13.10).
 
     "works" for 1.5.x and 2.0.x, "pinned" for 1.6-1.8.x, 2.6+ and 3.x (the device
     pins the vendor certificate), "old" for < 1.5 (may need an eWeLink update or
-    the paced download), "unknown" otherwise.
+    the paced download), "unknown" otherwise: the eligibility table decides.
     """
-    if not rom_version:
-        return "unknown"
-    match = _VERSION_RE.match(rom_version.strip())
-    if match is None:
-        return "unknown"
-    major, minor = int(match.group(1)), int(match.group(2))
-    if major == 1 and minor == 5:
-        return "works"
-    if major == 2 and minor == 0:
-        return "works"
-    if (major == 1 and 6 <= minor <= 8) or (major == 2 and minor >= 6) or major >= 3:
-        return "pinned"
-    if major == 1 and minor < 5:
-        return "old"
-    return "unknown"
+    return str(check_setup_mode(rom_version).reason)
 
 
 @dataclass(frozen=True, slots=True)
