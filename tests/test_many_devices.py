@@ -31,8 +31,8 @@ from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.device_flashes import BatchOutcome, BatchResult, DeviceFlashes
 from custom_components.sonoff_ota.known_devices import find_ha_device, get_device
 from custom_components.sonoff_ota.settings import Timeouts
-from tests.dashboard_device import discover, mock_mqtt, setup_entry
-from tests.harness import install_settings, local_firmware, tasmota_ap_port
+from tests.dashboard_device import mock_mqtt, setup_entry
+from tests.harness import discover, install_settings, local_firmware, tasmota_ap_port
 from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
