@@ -42,6 +42,7 @@ from .firmware_form import (
     notice_placeholders,
     notice_step,
 )
+from .flash_recovery import async_device_announced
 from .flash_server import DeviceBusyError, async_get_flash_server
 from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
 from .host_wifi_run import async_prepare_hop
@@ -293,6 +294,7 @@ class SonoffOtaConfigFlow(ConfigFlow, domain=DOMAIN):
             device_type=advert.device_type or "unknown",
             encrypted=advert.encrypted,
         )
+        await async_device_announced(self.hass, target.deviceid, target.host, target.port)
         await self.async_set_unique_id(advert.deviceid)
         self._abort_if_known_device(target)
         self._diy = target
