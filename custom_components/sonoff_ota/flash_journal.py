@@ -197,7 +197,6 @@ class FlashJournal:
         self.records: dict[str, JournalRecord] = {}
         self.live: set[str] = set()
         """Flash ids running in this process (never recovered: they are not interrupted)."""
-        self._dirty = False
 
     async def async_load(self) -> None:
         """Read the stored records (once, at creation)."""
@@ -211,18 +210,11 @@ class FlashJournal:
                 self.records[record.flash_id] = record
 
     def _data(self) -> dict[str, Any]:
-        self._dirty = False
         return {"flashes": {fid: r.as_data() for fid, r in self.records.items()}}
 
     @callback
     def _save(self) -> None:
-        self._dirty = True
         self._store.async_delay_save(self._data, SAVE_DELAY)
-
-    async def async_flush(self) -> None:
-        """Write a pending save now."""
-        if self._dirty:
-            await self._store.async_save(self._data())
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def restart_state(record: JournalRecord) -> RestartState | None:
     if record.intermediate_served or record.stage in (Stage.WAIT_FINALSTAGE, Stage.FINALSTAGE):
         return RestartState.FINALSTAGE
     if record.stage in (Stage.PREPARING, Stage.WAIT_SETUP_AP):
-        return RestartState.SETUP_AP if record.deviceid else None
+        return RestartState.SETUP_AP
     if record.stage in (Stage.PROVISIONING, Stage.WAIT_DISPATCH):
         return RestartState.DISPATCH
     if record.stage is Stage.UPGRADING and record.served:
@@ -103,7 +103,8 @@ def async_create_restart_issue(
         severity=ir.IssueSeverity.ERROR if state in RESUMABLE else ir.IssueSeverity.WARNING,
         translation_key=str(state),
         translation_placeholders={
-            "deviceid": record.deviceid or "?",
+            # Before GET /device only its access point's name is known.
+            "deviceid": record.deviceid or "ITEAD-…",
             "fw_version": record.fw_version or "?",
             "stage": str(record.stage),
         },

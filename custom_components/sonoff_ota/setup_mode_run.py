@@ -93,6 +93,7 @@ class SetupModeRun:
             )
         self._running: asyncio.Task[None] | None = None
         self._journal: RunJournal | None = None
+        self._claimed: str | None = None
         self._unsub_stop: CALLBACK_TYPE | None = None
         if hop is not None:
             # HA stopping mid-hop: stop the flash and put the network back before it exits.
@@ -242,6 +243,7 @@ class SetupModeRun:
                 )
             data[name] = found
         server.claim(deviceid, run.tracker)
+        run._claimed = deviceid
         try:
             await run._stack.enter_async_context(server.listeners(plain=True))
         except PortInUseError:
@@ -273,6 +275,7 @@ class SetupModeRun:
             self._journal.journal.forget(orphan.flash_id)
             async_delete_restart_issue(self.hass, orphan.flash_id)
         self._server.claim(device.deviceid, self.tracker)
+        self._claimed = device.deviceid
 
     async def run(self, from_stage: Stage = Stage.WAIT_SETUP_AP) -> None:
         """Run (or resume at `from_stage`) until the intermediate image fetched Tasmota."""
@@ -314,6 +317,7 @@ class SetupModeRun:
         if self.flasher is not None:
             self.flasher.job.wifi = WifiSettings(ssid=self.flasher.job.wifi.ssid, password="")
             self.flasher.close()
-            if self._server is not None and self.flasher.device is not None:
-                self._server.release(self.flasher.device.deviceid, self.tracker)
+        if self._server is not None and self._claimed is not None:
+            self._server.release(self._claimed, self.tracker)
+            self._claimed = None
         await self._stack.aclose()
