@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from homeassistant.components.repairs import DOMAIN as REPAIRS_DOMAIN
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
 from homeassistant.core import CoreState, HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import issue_registry as ir
 
 from custom_components.sonoff_ota.const import DOMAIN
@@ -94,3 +96,19 @@ def restart_issues(hass: HomeAssistant) -> list[ir.IssueEntry]:
         for (domain, issue_id), issue in ir.async_get(hass).issues.items()
         if domain == DOMAIN and issue_id.startswith(ISSUE_RESTART_PREFIX)
     ]
+
+
+async def fix(hass: HomeAssistant, issue_id: str, answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the issue's repair flow like the UI: wait out progress, submit `answers` to forms."""
+    manager = hass.data[REPAIRS_DOMAIN]["flow_manager"]
+    result: Any = await manager.async_init(DOMAIN, data={"issue_id": issue_id})
+    pending = list(answers)
+    for _ in range(20):
+        if result["type"] is FlowResultType.SHOW_PROGRESS:
+            await hass.async_block_till_done()
+            result = await manager.async_configure(result["flow_id"])
+        elif result["type"] is FlowResultType.FORM and pending:
+            result = await manager.async_configure(result["flow_id"], pending.pop(0))
+        else:
+            break
+    return dict(result)

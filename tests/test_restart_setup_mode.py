@@ -18,20 +18,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from homeassistant import config_entries
+from homeassistant import config_entries, loader
 from homeassistant.components.repairs import DOMAIN as REPAIRS_DOMAIN
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.setup import async_setup_component
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_test_home_assistant,
+)
 
 from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.flash_journal import JOURNAL_KEY
 from custom_components.sonoff_ota.flash_server import SERVER_KEY
 from custom_components.sonoff_ota.known_devices import get_device
 from custom_components.sonoff_ota.proto.flash_stages import Stage
-from custom_components.sonoff_ota.settings import Timeouts
+from custom_components.sonoff_ota.settings import SETTINGS_KEY, Timeouts
 from tests.dashboard_device import setup_entry
 from tests.harness import (
     LOOPBACK,
@@ -39,19 +42,23 @@ from tests.harness import (
     free_port,
     install_settings,
     local_firmware,
+    setup_real_mqtt,
     tasmota_ap_port,
     wait_until,
 )
 from tests.restart_harness import (
     assert_no_secret,
+    fix,
     journal_records,
     restart_home_assistant,
     restart_issues,
+    stop_home_assistant,
 )
 from virtual_sonoff.ewelink_station import EwelinkStation
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET, USER1_OFFSET
 from virtual_sonoff.intermediate import ARDUINO_PATH, USER2_PATH
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
+from virtual_sonoff.mosquitto import MosquittoBroker
 from virtual_sonoff.profile import FAST, Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
 
@@ -134,22 +141,6 @@ def held_websocket(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
     yield release
 
 
-async def fix(hass: HomeAssistant, issue_id: str, answers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run the issue's repair flow like the UI: wait out progress, submit `answers` to forms."""
-    manager = hass.data[REPAIRS_DOMAIN]["flow_manager"]
-    result: Any = await manager.async_init(DOMAIN, data={"issue_id": issue_id})
-    pending = list(answers)
-    for _ in range(20):
-        if result["type"] is FlowResultType.SHOW_PROGRESS:
-            await hass.async_block_till_done()
-            result = await manager.async_configure(result["flow_id"])
-        elif result["type"] is FlowResultType.FORM and pending:
-            result = await manager.async_configure(result["flow_id"], pending.pop(0))
-        else:
-            break
-    return dict(result)
-
-
 async def test_restart_while_the_intermediate_image_waits_on_finalstage(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None, hass_storage: dict[str, Any]
 ) -> None:
@@ -183,7 +174,7 @@ async def test_restart_while_the_intermediate_image_waits_on_finalstage(
         done = await fix(hass, issue.issue_id, [{}])
         assert done["type"] is FlowResultType.CREATE_ENTRY, done
         assert restart_issues(hass) == []
-        assert journal_records(hass_storage) == [] or not hass.data[JOURNAL_KEY].records
+        assert not hass.data[JOURNAL_KEY].records
         known = get_device(entry, device.config.deviceid)
         assert known is not None and known.flashed
         assert upgrades(device) == [0], "nothing is sent twice"
@@ -280,9 +271,16 @@ async def test_restart_after_dispatch_before_the_download(
 
 
 async def test_restart_before_the_ap_step_and_the_flash_starts_over(
-    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, hass_storage: dict[str, Any]
+    hass: HomeAssistant,
+    socket_enabled: None,
+    real_mqtt: None,
+    hass_storage: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """HA restarts while it waits for the device's setup AP; a new flash then just works."""
+    """HA restarts while it waits for the device's setup AP; a new flash then just works.
+
+    The new flash's journal is saved on changes that matter, not once per 4 KiB chunk.
+    """
     async with local_firmware() as firmware:
         settings = install_settings(
             hass,
@@ -305,6 +303,15 @@ async def test_restart_before_the_ap_step_and_the_flash_starts_over(
         assert restart_issues(hass) == []
 
         # The user holds the button and starts again: the flash runs to its end.
+        journal = hass.data[JOURNAL_KEY]
+        saves: list[object] = []
+        delay_save = journal._store.async_delay_save
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            saves.append(args)
+            delay_save(*args, **kwargs)
+
+        monkeypatch.setattr(journal._store, "async_delay_save", counted)
         sonoff = VirtualSonoff(
             "setup",
             setup=SetupModeConfig(finalstage_server=(LOOPBACK, settings.finalstage_port)),
@@ -327,5 +334,74 @@ async def test_restart_before_the_ap_step_and_the_flash_starts_over(
             assert final["step_id"] == "finish", final
             await device.wait_for_stage(DeviceStage.TASMOTA)
             assert upgrades(device) == [0]
+            chunks = [d for d in device.downloads if d.range is not None]
+            assert len(chunks) > 50
+            assert 0 < len(saves) < len(chunks) / 3, "a write per chunk"
             await hass.config_entries.flow.async_configure(result["flow_id"], {})
         assert not hass.data[JOURNAL_KEY].records, "every outcome ends its record"
+
+
+async def test_a_fresh_home_assistant_finishes_the_flash_from_storage(
+    hass: HomeAssistant,
+    socket_enabled: None,
+    real_mqtt: None,
+    hass_storage: dict[str, Any],
+    broker: MosquittoBroker,
+) -> None:
+    """A second HA instance with the same storage and config dir (a real new start).
+
+    The first one stops at FinalStage; the second starts from the shared storage
+    (`hass_storage`: the journal; the config dir: the firmware cache), with the
+    same config entry, and finishes the flash.
+    """
+    slow_boot = Timing(intermediate_boot_delay=1.5)
+    async with flashing_device(hass, timing=slow_boot) as (device, firmware, entry):
+        await start_flow(hass)
+        await wait_until(lambda: journal_stage(hass) is Stage.WAIT_FINALSTAGE, within=15)
+        await stop_home_assistant(hass)
+        async with async_test_home_assistant(config_dir=hass.config.config_dir) as fresh:
+            try:
+                await _finish_in(
+                    fresh,
+                    hass=hass,
+                    entry=entry,
+                    device=device,
+                    firmware=firmware,
+                    broker=broker,
+                )
+            finally:
+                await fresh.async_stop(force=True)  # its final write, its executors
+        # the record's removal reached the storage (at the latest with the final write)
+        assert journal_records(hass_storage) == []
+
+
+async def _finish_in(
+    fresh: HomeAssistant,
+    *,
+    hass: HomeAssistant,
+    entry: MockConfigEntry,
+    device: SetupModeDevice,
+    firmware: Firmware,
+    broker: MosquittoBroker,
+) -> None:
+    """The second instance: same YAML settings and entry; the flash is finished there."""
+    fresh.data.pop(loader.DATA_CUSTOM_COMPONENTS)
+    fresh.data[SETTINGS_KEY] = hass.data[SETTINGS_KEY]  # the same YAML
+    assert await async_setup_component(fresh, "http", {})
+    assert await async_setup_component(fresh, REPAIRS_DOMAIN, {})
+    await setup_real_mqtt(fresh, broker)
+    again = MockConfigEntry(domain=DOMAIN, unique_id=DOMAIN, data=dict(entry.data))
+    again.add_to_hass(fresh)
+    assert await fresh.config_entries.async_setup(again.entry_id)
+    await fresh.async_block_till_done()
+
+    (issue,) = restart_issues(fresh)
+    assert issue.translation_key == "restart_finalstage"
+    await device.wait_for_stage(DeviceStage.TASMOTA, timeout=20)
+    assert device.flash.image_at(ARDUINO_OFFSET) == firmware.tasmota
+    done = await fix(fresh, issue.issue_id, [{}])
+    assert done["type"] is FlowResultType.CREATE_ENTRY, done
+    known = get_device(again, device.config.deviceid)
+    assert known is not None and known.flashed
+    assert upgrades(device) == [0]
+    assert not fresh.data[JOURNAL_KEY].records
