@@ -59,7 +59,7 @@ from virtual_sonoff.flash_memory import ARDUINO_OFFSET, USER1_OFFSET
 from virtual_sonoff.intermediate import ARDUINO_PATH, USER2_PATH
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.mosquitto import MosquittoBroker
-from virtual_sonoff.profile import FAST, Timing
+from virtual_sonoff.profile import FAST, Fault, Faults, Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
 
 pytestmark = [
@@ -71,7 +71,11 @@ pytestmark = [
 
 @asynccontextmanager
 async def flashing_device(
-    hass: HomeAssistant, *, timing: Timing | None = None, timeouts: Timeouts | None = None
+    hass: HomeAssistant,
+    *,
+    timing: Timing | None = None,
+    timeouts: Timeouts | None = None,
+    faults: Faults | None = None,
 ) -> AsyncIterator[tuple[SetupModeDevice, Firmware, MockConfigEntry]]:
     """The entry (it holds the Wi-Fi), the virtual Sonoff in setup mode, its firmware."""
     async with local_firmware() as firmware:
@@ -79,7 +83,9 @@ async def flashing_device(
         sonoff = VirtualSonoff(
             "setup",
             setup=SetupModeConfig(
-                finalstage_server=(LOOPBACK, settings.finalstage_port), timing=timing or FAST
+                finalstage_server=(LOOPBACK, settings.finalstage_port),
+                timing=timing or FAST,
+                faults=faults or Faults(),
             ),
             tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
         )
@@ -138,6 +144,23 @@ def held_websocket(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
         return await original(self, *args)
 
     monkeypatch.setattr(EwelinkStation, "_websocket", held)
+    yield release
+
+
+@contextmanager
+def held_download(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
+    """With `Fault.STALL`, the device pauses after a chunk until released (not forever).
+
+    So the restart does not close a listener while the device connects to it (a race
+    that the debug event loop reports as an error of the test's loop, not of the flow).
+    """
+    release = asyncio.Event()
+
+    async def stall(self: EwelinkStation) -> None:
+        self._log("download_stalled", {})
+        await release.wait()
+
+    monkeypatch.setattr(EwelinkStation, "_stall", stall)
     yield release
 
 
@@ -217,32 +240,43 @@ async def test_restart_after_the_intermediate_download_before_the_ack(
 
 
 async def test_restart_during_the_intermediate_download(
-    hass: HomeAssistant, socket_enabled: None, real_mqtt: None, hass_storage: dict[str, Any]
+    hass: HomeAssistant,
+    socket_enabled: None,
+    real_mqtt: None,
+    hass_storage: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Half the image served: the device keeps its old slot; the issue says how to start over."""
-    slow = Timing(chunk_delay=0.05)
-    async with flashing_device(hass, timing=slow) as (device, _, entry):
-        await start_flow(hass)
-        await wait_until(
-            lambda: any(r.served for r in hass.data[JOURNAL_KEY].records.values()), within=15
-        )
-        await restart_home_assistant(hass, entry)
-        (issue,) = restart_issues(hass)
-        assert issue.translation_key == "restart_download"
-        assert (issue.translation_placeholders or {})["fw_version"] == device.config.rom_version
-        assert_no_secret(hass_storage, device.config.apikey)
-        # The device's download fails; it keeps its old slot and calls a cloud that is gone.
-        await wait_until(lambda: device.acks, within=10)
-        assert upgrades(device) == [404]
-        assert device.accepted_upgrade is None
-        assert USER1_OFFSET not in device.flash_regions()
-        await wait_until(lambda: device.station is not None and device.station.dispatches, 1)
-        # The repair flow explains and forgets; no upgrade was offered again.
-        done = await fix(hass, issue.issue_id, [{}])
-        assert done["type"] is FlowResultType.CREATE_ENTRY
-        assert restart_issues(hass) == []
-        assert not hass.data[JOURNAL_KEY].records
-        assert upgrades(device) == [404]
+    """Part of the image served: the device keeps its old slot; the issue says how to start over."""
+    with held_download(monkeypatch) as release:
+        async with flashing_device(hass, faults=Faults({Fault.STALL})) as (device, _, entry):
+            await start_flow(hass)
+            await wait_until(lambda: "download_stalled" in device.event_kinds(), within=15)
+            await wait_until(lambda: any(r.served for r in hass.data[JOURNAL_KEY].records.values()))
+            await restart_home_assistant(hass, entry)
+            release.set()  # the device goes on with its download: the server is gone
+            await _download_cut(hass, hass_storage, device)
+
+
+async def _download_cut(
+    hass: HomeAssistant, hass_storage: dict[str, Any], device: SetupModeDevice
+) -> None:
+    """After the restart: the issue, the device on its old slot, no second upgrade."""
+    (issue,) = restart_issues(hass)
+    assert issue.translation_key == "restart_download"
+    assert (issue.translation_placeholders or {})["fw_version"] == device.config.rom_version
+    assert_no_secret(hass_storage, device.config.apikey)
+    # The device's download fails; it keeps its old slot and calls a cloud that is gone.
+    await wait_until(lambda: device.acks, within=10)
+    assert upgrades(device) == [404]
+    assert device.accepted_upgrade is None
+    assert USER1_OFFSET not in device.flash_regions()
+    await wait_until(lambda: device.station is not None and device.station.dispatches, 1)
+    # The repair flow explains and forgets; no upgrade was offered again.
+    done = await fix(hass, issue.issue_id, [{}])
+    assert done["type"] is FlowResultType.CREATE_ENTRY
+    assert restart_issues(hass) == []
+    assert not hass.data[JOURNAL_KEY].records
+    assert upgrades(device) == [404]
 
 
 async def test_restart_after_dispatch_before_the_download(

@@ -104,7 +104,19 @@ class ResumedFlash:
             self.serving = self.hass.async_create_background_task(
                 self.run.run(Stage.WAIT_FINALSTAGE), f"{DOMAIN} resumed FinalStage"
             )
+            self.serving.add_done_callback(self._serving_done)
         return self.serving
+
+    def _serving_done(self, task: asyncio.Task[None]) -> None:
+        """Log the end of the serving (the repair flow shows it; nobody else awaits it)."""
+        if task.cancelled():
+            return
+        if (err := task.exception()) is not None:
+            _LOGGER.warning(
+                "FinalStage for %s stopped (%s); open its repair to try again", self.deviceid, err
+            )
+        else:
+            _LOGGER.info("%s fetched Tasmota from FinalStage", self.deviceid)
 
     async def async_handoff(self) -> HandoffOutcome:
         """Close the FinalStage listener and hand Tasmota to HA (as every flash ends)."""

@@ -34,6 +34,7 @@ from .issues import (
     ISSUE_RESTART_PREFIX,
     RESUMABLE,
     RestartState,
+    async_delete_restart_issue,
     async_update_port_issue,
 )
 from .listeners import async_check_port_free
@@ -315,6 +316,8 @@ class FlashAgainRepairFlow(_ProgressFlow):
         except HomeAssistantError as err:
             placeholders = dict(err.translation_placeholders or {})
             self._error = ("flash_failed", {"reason": str(err), **placeholders})
+            # The record went with the new flash: the device's Firmware entity retries.
+            async_delete_restart_issue(self.hass, self._flash_id)
         finally:
             remove()
 
