@@ -411,7 +411,12 @@ class EwelinkStation:
             "deviceid": self._id.deviceid,
             "sequence": sequence,
         }
-        await ws.send_str(json.dumps(ack))
+        try:
+            await ws.send_str(json.dumps(ack))
+        except ConnectionError:
+            # The server went away meanwhile (e.g. HA restarted): the firmware just
+            # reconnects later; the ack is lost.
+            self._log("ack_undelivered", {"action": action, "sequence": sequence})
         self.acks.append(SentAck(action, sequence, error))
         self._log("ack", {"action": action, "sequence": sequence, "error": error})
 

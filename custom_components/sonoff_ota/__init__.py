@@ -15,6 +15,7 @@ from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .device_entity import async_sync_ha_devices
 from .device_flashes import DeviceFlashes
 from .diy_run import DiyRun
+from .flash_recovery import async_recover
 from .handoff_run import HandoffRun
 from .issues import async_track_mqtt
 from .known_devices import async_adopt_pending_devices, signal_devices_updated
@@ -76,6 +77,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
         async_dispatcher_connect(hass, signal_devices_updated(entry.entry_id), _sync_devices)
     )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    # A restart cut a flash: say where its device is, and serve FinalStage again.
+    await async_recover(hass, entry)
     return True
 
 

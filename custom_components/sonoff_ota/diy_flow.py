@@ -22,6 +22,7 @@ import voluptuous as vol
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .firmware_flow import FirmwareFlow
 from .firmware_form import CONF_FIRMWARE, firmware_section
+from .flash_recovery import async_device_announced
 from .flash_server import DeviceBusyError
 from .known_devices import CONF_DEVICES, async_remember_run
 from .proto.diy_client import DiyClient, DiyError
@@ -65,6 +66,7 @@ class DiyFlow(FirmwareFlow):
             device_type=advert.device_type or "unknown",
             encrypted=advert.encrypted,
         )
+        await async_device_announced(self.hass, target.deviceid, target.host, target.port)
         await self.async_set_unique_id(advert.deviceid)
         self._abort_if_known_device(target)
         self._diy.target = target

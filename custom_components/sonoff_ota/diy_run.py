@@ -4,6 +4,10 @@ Used by the config flow (discovered or manually entered devices) and by the
 update entity's install action. The image is served from HA's own server when
 that is plain HTTP on the LAN, otherwise from the integration's plain listener
 (the device needs `http://<ip literal>:<port>`, never https).
+
+Each flash keeps a record in the flash journal from `ota_flash` to `close()`. A
+device whose download a restart interrupted is not flashed again until it is
+back on eWeLink (see `flash_recovery`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import logging
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
+from .flash_journal import JournalImage, RunJournal, async_get_journal
 from .flash_server import FlashServer, async_get_flash_server
+from .issues import RestartState, async_delete_restart_issue, restart_state
 from .proto.diy_client import DiyClient, DiyInfo
-from .proto.diy_flasher import DiyFlasher, DiyJob, DiyTimeouts
+from .proto.diy_flasher import IMAGE_NAME, DiyFlasher, DiyFlashError, DiyJob, DiyTimeouts
 from .proto.firmware_image import ImageRole
 from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
 from .proto.flash_stages import FlashPath, FlashTracker
@@ -64,6 +70,7 @@ class DiyRun:
         """The Tasmota image the user chose (default: the newest lite that fits)."""
         self.image: StoredImage | None = None
         """The checked image, once fetched."""
+        self._journal: RunJournal | None = None
 
     def _client(self, server: FlashServer) -> DiyClient:
         timeouts = server.settings.timeouts
@@ -81,6 +88,13 @@ class DiyRun:
         server = self._server = await async_get_flash_server(self.hass)
         server.claim(self.target.deviceid, self.tracker)
         self._claimed = True
+        journal = await async_get_journal(self.hass)
+        if (orphan := journal.orphan_of(self.target.deviceid)) is not None:
+            if restart_state(orphan) is RestartState.DIY_DOWNLOAD:
+                # A restart cut its download: not again until it is back on eWeLink.
+                raise DiyFlashError("download_interrupted", deviceid=self.target.deviceid)
+            journal.forget(orphan.flash_id)
+            async_delete_restart_issue(self.hass, orphan.flash_id)
         flasher = self._flasher(server, b"")
         return await flasher.check()
 
@@ -148,7 +162,35 @@ class DiyRun:
         self.tracker.update(None, image_sha256=stored.sha256)
         if self._needs_listener():
             await self._stack.enter_async_context(server.listeners(plain=True))
-        await self._flasher(server, image).run()
+        flasher = self._flasher(server, image)
+        if self._journal is None:
+            journal = await async_get_journal(self.hass)
+            info = flasher.info
+            record = journal.begin(
+                self.tracker.path,
+                self.tracker.stage,
+                deviceid=self.target.deviceid,
+                model=self.target.model,
+                fw_version=info.fw_version if info is not None else None,
+                host=self.target.host,
+                port=self.target.port,
+                images={
+                    IMAGE_NAME: JournalImage(
+                        name=IMAGE_NAME,
+                        size=stored.size,
+                        sha256=stored.sha256,
+                        url=stored.source_url,
+                        cache_path=str(stored.path),
+                    )
+                },
+            )
+            self._journal = RunJournal(
+                journal,
+                record,
+                self.tracker,
+                lambda: self.flasher.served if self.flasher is not None else None,
+            )
+        await flasher.run()
 
     async def release_flash(self) -> None:
         """The device has Tasmota: stop serving the image and close the listener."""
@@ -158,6 +200,8 @@ class DiyRun:
 
     async def close(self) -> None:
         """Stop serving, free the device, close the listener."""
+        if self._journal is not None:
+            self._journal.end()  # first: HA's shutdown keeps the record (see flash_journal)
         if self.flasher is not None:
             self.flasher.close()
         if self._server is not None and self._claimed:

@@ -10,12 +10,18 @@
   the check passed: another program took the port in between), withdrawn when a
   later check finds the port free or a listener binds it. The issue is fixable:
   its repair flow checks again.
+- `interrupted_<flash id>`: Home Assistant restarted (or stopped) during a flash;
+  raised at the next start from the flash journal, one per interrupted flash.
+  Its translation key says where the device was left (`RestartState`); the
+  repair flow finishes the flash (the intermediate image waits on FinalStage,
+  or Tasmota waits for its settings), or explains how to start over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Final
+import enum
+from typing import TYPE_CHECKING, Final
 
 from homeassistant.config_entries import (
     SIGNAL_CONFIG_ENTRY_CHANGED,
@@ -27,9 +33,91 @@ from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 
 from .const import DOMAIN
+from .proto.flash_stages import FlashPath, Stage
 from .tasmota_link import MQTT_DOMAIN, async_update_mqtt_issue
 
+if TYPE_CHECKING:
+    from .flash_journal import JournalRecord
+
 ISSUE_PORT_IN_USE: Final = "port_in_use"
+ISSUE_RESTART_PREFIX: Final = "interrupted_"
+
+
+class RestartState(enum.StrEnum):
+    """Where an interrupted flash left its device (the issue's translation key)."""
+
+    SETUP_AP = "restart_setup_ap"
+    """Before POST /ap: the device still runs eWeLink and has none of our settings."""
+    DISPATCH = "restart_dispatch"
+    """/ap (maybe) sent: the device joins the home Wi-Fi and calls HA, still eWeLink."""
+    SESSION = "restart_session"
+    """Dispatched, nothing downloaded: eWeLink, unchanged."""
+    DOWNLOAD = "restart_download"
+    """The intermediate download started, not finished: the old slot still boots."""
+    FINALSTAGE = "restart_finalstage"
+    """The intermediate image is on the device and polls FinalStage: resumed."""
+    HANDOFF = "restart_handoff"
+    """Tasmota was served whole: only its Wi-Fi and MQTT settings are missing."""
+    DIY_DOWNLOAD = "restart_diy_download"
+    """DIY: ota_flash was running; the device keeps eWeLink or reports an error."""
+    DIY_BACK = "restart_diy_back"
+    """DIY: the device is back on `_ewelink._tcp` with its old version: flash again."""
+
+
+RESUMABLE: Final = frozenset({RestartState.FINALSTAGE, RestartState.HANDOFF})
+
+
+def restart_state(record: JournalRecord) -> RestartState | None:
+    """Where `record`'s device is; None when the flash touched nothing (no issue)."""
+    if record.final_served:
+        return RestartState.HANDOFF
+    if record.path is FlashPath.DIY:
+        if record.stage in (Stage.FLASHING, Stage.WAIT_REBOOT) or record.served:
+            return RestartState.DIY_BACK if record.seen_back else RestartState.DIY_DOWNLOAD
+        return None  # checked or unlocked only: nothing to tell
+    if record.intermediate_served or record.stage in (Stage.WAIT_FINALSTAGE, Stage.FINALSTAGE):
+        return RestartState.FINALSTAGE
+    if record.stage in (Stage.PREPARING, Stage.WAIT_SETUP_AP):
+        return RestartState.SETUP_AP
+    if record.stage in (Stage.PROVISIONING, Stage.WAIT_DISPATCH):
+        return RestartState.DISPATCH
+    if record.stage is Stage.UPGRADING and record.served:
+        return RestartState.DOWNLOAD
+    return RestartState.SESSION
+
+
+def restart_issue_id(flash_id: str) -> str:
+    """The issue id of one interrupted flash."""
+    return f"{ISSUE_RESTART_PREFIX}{flash_id}"
+
+
+@callback
+def async_create_restart_issue(
+    hass: HomeAssistant, record: JournalRecord, state: RestartState
+) -> None:
+    """Raise (or re-word) the issue of an interrupted flash."""
+    ir.async_create_issue(
+        hass,
+        DOMAIN,
+        restart_issue_id(record.flash_id),
+        is_fixable=state is not RestartState.DIY_DOWNLOAD,
+        is_persistent=False,
+        severity=ir.IssueSeverity.ERROR if state in RESUMABLE else ir.IssueSeverity.WARNING,
+        translation_key=str(state),
+        translation_placeholders={
+            # Before GET /device only its access point's name is known.
+            "deviceid": record.deviceid or "ITEAD-…",
+            "fw_version": record.fw_version or "?",
+            "stage": str(record.stage),
+        },
+        data={"flash_id": record.flash_id, "state": str(state)},
+    )
+
+
+@callback
+def async_delete_restart_issue(hass: HomeAssistant, flash_id: str) -> None:
+    """Withdraw the issue of an interrupted flash (finished or started over)."""
+    ir.async_delete_issue(hass, DOMAIN, restart_issue_id(flash_id))
 
 
 @callback

@@ -2,6 +2,10 @@
 
 The config flow is only the UI on top of this. It holds the Wi-Fi password in
 memory for as long as the flash runs and drops it on `close()`.
+
+Every run keeps a record in the flash journal (`flash_journal`) from `prepare()`
+to `close()`, so that a restart of Home Assistant does not lose a device
+half-way; `async_resume` picks such a device up again at FinalStage.
 """
 
 from __future__ import annotations
@@ -9,19 +13,39 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 import logging
+from pathlib import Path
 
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
+from .flash_journal import (
+    FlashJournal,
+    JournalImage,
+    JournalRecord,
+    RunJournal,
+    async_get_journal,
+)
 from .flash_server import FlashServer, async_get_flash_server
+from .issues import async_delete_restart_issue
 from .listeners import PortInUseError, async_check_port_free
-from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
+from .proto.firmware_store import (
+    FirmwareChoice,
+    FirmwareErrorCode,
+    FirmwareUnavailableError,
+    ProgressCallback,
+    StoredImage,
+    _read_if_intact,
+)
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi_hop import WifiHop
 from .proto.host_wifi_types import HopBackend
 from .proto.setup_ap import DeviceInfo, SetupApClient
+from .proto.setup_mode_errors import SetupModeError
 from .proto.setup_mode_flasher import (
+    FINAL_NAME,
+    USER1_NAME,
+    USER2_NAME,
     SetupModeFlasher,
     SetupModeImages,
     SetupModeJob,
@@ -69,6 +93,8 @@ class SetupModeRun:
                 hop, self.tracker, join_timeout=timeouts.wifi_join, scan_interval=timeouts.wifi_scan
             )
         self._running: asyncio.Task[None] | None = None
+        self._journal: RunJournal | None = None
+        self._claimed: str | None = None
         self._unsub_stop: CALLBACK_TYPE | None = None
         if hop is not None:
             # HA stopping mid-hop: stop the flash and put the network back before it exits.
@@ -102,7 +128,6 @@ class SetupModeRun:
         if self.images is None:
             await self.fetch_images(progress)
         server = self._server = await async_get_flash_server(self.hass)
-        settings = server.settings
         assert self.images is not None
         user1, user2, final = self.images
         self.synthetic_images = any(image.synthetic for image in (user1, user2, final))
@@ -122,6 +147,33 @@ class SetupModeRun:
         except PortInUseError:
             await self._stack.aclose()
             raise
+        self._build_flasher(server, images)
+        journal = await async_get_journal(self.hass)
+        record = journal.begin(
+            self.tracker.path,
+            self.tracker.stage,
+            images={
+                name: JournalImage(
+                    name=name,
+                    size=image.size,
+                    sha256=image.sha256,
+                    url=image.source_url,
+                    cache_path=str(image.path),
+                )
+                for name, image in zip(
+                    (USER1_NAME, USER2_NAME, FINAL_NAME), self.images, strict=True
+                )
+            },
+        )
+        self._follow(journal, record)
+
+    def _follow(self, journal: FlashJournal, record: JournalRecord) -> None:
+        self._journal = RunJournal(
+            journal, record, self.tracker, lambda: self.flasher.served if self.flasher else None
+        )
+
+    def _build_flasher(self, server: FlashServer, images: SetupModeImages) -> None:
+        settings = server.settings
         wifi = self._wifi
         assert wifi is not None
         timeouts = settings.timeouts
@@ -152,9 +204,79 @@ class SetupModeRun:
             host_wifi=self.host_wifi,
         )
 
+    @classmethod
+    async def async_resume(
+        cls, hass: HomeAssistant, record: JournalRecord, wifi: WifiSettings
+    ) -> SetupModeRun:
+        """Pick up a flash a restart interrupted once its intermediate image was on the device.
+
+        The intermediate image polls 192.168.4.2:8080 until it gets `/ota/` files (spec §7):
+        serve the same user2 and Tasmota images from the journal's cache paths (checked
+        against their sha256) on the FinalStage listener. Nothing is sent to the eWeLink
+        side: no cloud listener, no upgrade. Run it with `run(Stage.WAIT_FINALSTAGE)`.
+        Raises `FirmwareUnavailableError` when a cached image is gone or changed.
+        """
+        journal = await async_get_journal(hass)
+        server = await async_get_flash_server(hass)
+        run = cls(hass, wifi, server.settings.callback_host or "")
+        run._server = server
+        deviceid = record.deviceid or ""
+        run.tracker.device_label = deviceid
+        run.tracker.update(
+            None,
+            deviceid=deviceid,
+            **({"model": record.model} if record.model else {}),
+            **({"rom_version": record.fw_version} if record.fw_version else {}),
+        )
+        data: dict[str, bytes] = {}
+        for name in (USER1_NAME, USER2_NAME, FINAL_NAME):
+            image = record.images.get(name)
+            found = (
+                await hass.async_add_executor_job(
+                    _read_if_intact, Path(image.cache_path), image.sha256
+                )
+                if image is not None and image.cache_path
+                else None
+            )
+            if found is None:
+                raise FirmwareUnavailableError(
+                    FirmwareErrorCode.CACHE_CORRUPT, {"sha256": image.sha256 if image else "?"}
+                )
+            data[name] = found
+        server.claim(deviceid, run.tracker)
+        run._claimed = deviceid
+        try:
+            await run._stack.enter_async_context(server.listeners(plain=True))
+        except PortInUseError:
+            server.release(deviceid, run.tracker)
+            raise
+        run._build_flasher(
+            server,
+            SetupModeImages(user1=data[USER1_NAME], user2=data[USER2_NAME], final=data[FINAL_NAME]),
+        )
+        assert run.flasher is not None
+        # Only what the intermediate image fetches; never a cloud offer (nothing flashed twice).
+        run.flasher.served = server.images.add_set(
+            {USER2_NAME: data[USER2_NAME], FINAL_NAME: data[FINAL_NAME]}, deviceid=deviceid
+        )
+        run.tracker.update(1.0, final_sha256=record.images[FINAL_NAME].sha256)
+        journal.live.add(record.flash_id)
+        run._follow(journal, record)
+        return run
+
     def _claim(self, device: DeviceInfo) -> None:
         assert self._server is not None
+        if self._journal is not None and (
+            orphan := self._journal.journal.orphan_of(device.deviceid)
+        ):
+            if orphan.intermediate_served:
+                # Its intermediate image is written: never offer an upgrade again.
+                raise SetupModeError("half_flashed", deviceid=device.deviceid)
+            # Interrupted before anything was written: this flash starts it over.
+            self._journal.journal.forget(orphan.flash_id)
+            async_delete_restart_issue(self.hass, orphan.flash_id)
         self._server.claim(device.deviceid, self.tracker)
+        self._claimed = device.deviceid
 
     async def run(self, from_stage: Stage = Stage.WAIT_SETUP_AP) -> None:
         """Run (or resume at `from_stage`) until the intermediate image fetched Tasmota."""
@@ -187,6 +309,8 @@ class SetupModeRun:
     async def close(self) -> None:
         """Restore the network, close listeners, stop serving, free the device and password."""
         self._wifi = None
+        if self._journal is not None:
+            self._journal.end()  # first: HA's shutdown keeps the record (see flash_journal)
         if self._unsub_stop is not None:
             self._unsub_stop()
             self._unsub_stop = None
@@ -194,6 +318,7 @@ class SetupModeRun:
         if self.flasher is not None:
             self.flasher.job.wifi = WifiSettings(ssid=self.flasher.job.wifi.ssid, password="")
             self.flasher.close()
-            if self._server is not None and self.flasher.device is not None:
-                self._server.release(self.flasher.device.deviceid, self.tracker)
+        if self._server is not None and self._claimed is not None:
+            self._server.release(self._claimed, self.tracker)
+            self._claimed = None
         await self._stack.aclose()
