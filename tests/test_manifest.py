@@ -79,6 +79,14 @@ def test_english_translation_matches_strings_json() -> None:
     assert _load(INTEGRATION / "strings.json") == _load(INTEGRATION / "translations" / "en.json")
 
 
+def test_strings_json_holds_every_section_the_integration_uses() -> None:
+    """A bad merge once left every strings file as `{}`, and the comparisons still held."""
+    strings = _load(INTEGRATION / "strings.json")
+    for section in ("config", "options", "entity", "exceptions", "issues", "selector", "services"):
+        assert strings.get(section), f"strings.json has no {section!r} section"
+    assert strings["config"]["step"]["user"]["title"]
+
+
 @pytest.mark.parametrize("path", _translation_files(), ids=lambda p: p.name)
 def test_translation_has_every_key_with_the_same_placeholders(path: Path) -> None:
     source = _flatten(_load(INTEGRATION / "strings.json"))
