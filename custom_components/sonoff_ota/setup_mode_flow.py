@@ -74,6 +74,13 @@ WIFI_HOP_STAGES = frozenset(
 _LOGGER = logging.getLogger(__name__)
 
 
+class _Unknown(dict[str, str]):
+    """Placeholders for a text built here: one the error did not give reads "?"."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
 @dataclass(slots=True)
 class SetupModeState:
     """What the setup-mode path keeps between steps."""
@@ -256,8 +263,8 @@ class SetupModeFlow(FirmwareFlow):
         if template is None:
             return None
         try:
-            return template.format_map(values)
-        except (KeyError, IndexError, ValueError):
+            return template.format_map(_Unknown(values))
+        except (IndexError, ValueError):
             return None
 
     async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
@@ -265,7 +272,9 @@ class SetupModeFlow(FirmwareFlow):
         state, run, flash = self._setup_mode, self._run, self._flash
         if state.many is not None and isinstance(run, SetupModeRun):
             code, placeholders = flash.error or ("unknown", {})
-            reason = self._config_text("abort", code, placeholders) or code
+            # What the tracker knows fills what the error left out (e.g. the ROM version).
+            values = {**self._placeholders(run.tracker), **placeholders}
+            reason = self._config_text("abort", code, values) or code
             return await self._async_device_ended(run, DeviceOutcome.FAILED, {"reason": reason})
         if (
             isinstance(run, SetupModeRun)
