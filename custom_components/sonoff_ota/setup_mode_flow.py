@@ -273,7 +273,9 @@ class SetupModeFlow(FirmwareFlow):
         if state.many is not None and isinstance(run, SetupModeRun):
             code, placeholders = flash.error or ("unknown", {})
             # What the tracker knows fills what the error left out (e.g. the ROM version).
-            values = {**self._placeholders(run.tracker), **placeholders}
+            known = self._placeholders(run.tracker)
+            known.pop("phone_link", None)  # carries the passwords: never into a summary
+            values = {**known, **placeholders}
             reason = self._config_text("abort", code, values) or code
             return await self._async_device_ended(run, DeviceOutcome.FAILED, {"reason": reason})
         if (
