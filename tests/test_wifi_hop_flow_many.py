@@ -301,13 +301,9 @@ async def test_two_devices_are_listed_and_flashed_one_after_another(
     assert world.nm.checkpoints == {}
     # Both devices are in HA (tasmota integration over the real broker).
     registry = dr.async_get(hass)
-    macs = {
-        conn[1].lower()
-        for entry in registry.devices.values()
-        for conn in entry.connections
-        if conn[0] == dr.CONNECTION_NETWORK_MAC
-    }
-    assert {mac.lower() for _id, mac in DEVICES} <= macs
+    for _deviceid, mac in DEVICES:
+        connection = (dr.CONNECTION_NETWORK_MAC, dr.format_mac(mac))
+        assert registry.async_get_device(connections={connection}) is not None, mac
     # The progress said which device of the two was being flashed.
     assert "1" in texts and "2" in texts, texts
 
