@@ -323,6 +323,13 @@ class FlashFlow(ConfigFlow):
         code, placeholders = self._flash.error or ("unknown", {})
         return self.async_abort(reason=code, description_placeholders=placeholders)
 
+    async def _async_flashed(self) -> ConfigFlowResult | None:
+        """The flash and hand-off succeeded: a step to go on with instead of `finish`, or None.
+
+        The setup-mode flow goes on with the next of several devices here.
+        """
+        return None
+
     async def _async_close(self) -> None:
         if self._flash.remove_listener is not None:
             self._flash.remove_listener()

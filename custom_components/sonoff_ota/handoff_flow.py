@@ -69,6 +69,8 @@ class HandoffFlow(FlashFlow):
         more than once right after the progress ends, and a flow that had already
         ended would answer the later fetch with "Invalid flow specified".
         """
+        if (instead := await self._async_flashed()) is not None:
+            return instead  # one of several devices: the next one, or the summary
         run, flash = self._run, self._flash
         assert run is not None and self._wifi is not None
         if not flash.finished:

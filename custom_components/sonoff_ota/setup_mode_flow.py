@@ -5,16 +5,24 @@ The form asks for the address the device calls back, checks the host's network
 must confirm the hop) and the listening ports, then starts the flash. When HA
 moves its own Wi-Fi, the progress texts say so instead of asking the user to
 change networks, and the hop's live status is shown in HA's language.
+
+When the hop's scan sees several `ITEAD-…` networks (several devices in pairing mode),
+`pick_setup_aps` lists them (all chosen by default) and the chosen devices are flashed one
+after another (`setup_mode_many`): each a whole run with its hand-off, the same home Wi-Fi and
+the images already fetched; a device that fails is noted and the next one goes on;
+`many_finish` sums up every device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+import logging
+from typing import Any, Final
 
 from homeassistant.components import network
 from homeassistant.config_entries import ConfigFlowResult
 from homeassistant.helpers.selector import (
+    SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
@@ -22,15 +30,17 @@ from homeassistant.helpers.selector import (
 from homeassistant.helpers.translation import async_get_translations
 import voluptuous as vol
 
-from .const import DOMAIN
+from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .firmware_flow import FirmwareFlow
 from .firmware_form import CONF_FIRMWARE, firmware_section
-from .flash_flow import FlashRun
+from .flash_flow import FlashRun, FlashState
 from .flash_server import async_get_flash_server
 from .host_wifi_run import async_prepare_hop
 from .issues import async_update_port_issue
+from .known_devices import async_remember_run
 from .proto.firmware_image import ImageRole
-from .proto.flash_stages import Stage
+from .proto.firmware_store import StoredImage
+from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi_types import HopError, HopErrorCode
 from .proto.setup_mode_wifi import (
     DETAIL,
@@ -41,10 +51,15 @@ from .proto.setup_mode_wifi import (
     DETAIL_STATE,
 )
 from .settings import get_settings
+from .setup_mode_many import DeviceOutcome, ManyDevices, device_label
 from .setup_mode_run import SetupModeRun
 
 CONF_CALLBACK_HOST = "callback_host"
 CONF_CONFIRM_WIFI_ONLY = "confirm_wifi_only"
+CONF_SETUP_APS = "setup_aps"
+MANY_PROGRESS: Final = "many_flash"
+"""The progress text while one device of several is flashed: "device n of N" + its stage."""
+SEVERAL_SETUP_APS: Final = f"wifi_{HopErrorCode.SEVERAL_SETUP_APS}"
 WIFI_HOP_STAGES = frozenset(
     {
         Stage.WAIT_SETUP_AP,
@@ -56,6 +71,15 @@ WIFI_HOP_STAGES = frozenset(
 )
 """Stages whose text tells the user to change networks; `<stage>_wifi_hop` when HA hops."""
 
+_LOGGER = logging.getLogger(__name__)
+
+
+class _Unknown(dict[str, str]):
+    """Placeholders for a text built here: one the error did not give reads "?"."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
 
 @dataclass(slots=True)
 class SetupModeState:
@@ -64,6 +88,17 @@ class SetupModeState:
     selector_texts: dict[str, str] = field(default_factory=dict)
     """Our `selector.*` strings in HA's language (sentences built at run time): the
     Wi-Fi plan on the form and the hop's status during the flash."""
+    config_texts: dict[str, str] = field(default_factory=dict)
+    """Our `config.*` strings in HA's language: a stage's text inside "device n of N", and
+    a failed device's reason in the summary."""
+    found: tuple[str, ...] = ()
+    """The `ITEAD-…` networks in range when the scan saw several (the list offered)."""
+    callback_host: str = ""
+    """The address the user chose on the form (every device of the list calls it back)."""
+    images: tuple[StoredImage, StoredImage, StoredImage] | None = None
+    """The images that run fetched and checked: every device of the list gets these."""
+    many: ManyDevices | None = None
+    """The devices chosen from that list, once the user chose."""
 
 
 class SetupModeFlow(FirmwareFlow):
@@ -176,10 +211,30 @@ class SetupModeFlow(FirmwareFlow):
         return text or backend
 
     def _progress_action(self, run: FlashRun) -> str:
+        if self._setup_mode.many is not None:
+            return MANY_PROGRESS  # "device n of N: <the stage's text>"
+        return self._stage_action(run)
+
+    def _stage_action(self, run: FlashRun) -> str:
         stage = run.tracker.stage
         if isinstance(run, SetupModeRun) and run.host_wifi is not None and stage in WIFI_HOP_STAGES:
             return f"{stage}_wifi_hop"  # HA moves its own Wi-Fi: no "connect this host" text
         return super()._progress_action(run)
+
+    def _placeholders(self, tracker: FlashTracker) -> dict[str, str]:
+        placeholders = super()._placeholders(tracker)
+        many, run = self._setup_mode.many, self._run
+        if many is None or run is None or many.current is None:
+            return placeholders
+        action = self._stage_action(run)
+        stage_text = self._config_text("progress", action, placeholders)
+        placeholders.update(
+            device_number=str(many.index + 1),
+            device_count=str(len(many.ssids)),
+            device_id=device_label(many.current),
+            stage_text=stage_text if stage_text is not None else action,
+        )
+        return placeholders
 
     def _wifi_hop_text(self, details: dict[str, str]) -> str:
         """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
@@ -191,3 +246,177 @@ class SetupModeFlow(FirmwareFlow):
         }
         text = self._selector_text(DETAIL, details.get(DETAIL_STATE), values)
         return text if text is not None else super()._wifi_hop_text(details)
+
+    # -- several devices in pairing mode ---------------------------------------------------------
+
+    async def _async_config_texts(self) -> None:
+        """Load our `config.*` strings in HA's language once per flow."""
+        state = self._setup_mode
+        if not state.config_texts:
+            state.config_texts = await async_get_translations(
+                self.hass, self.hass.config.language, "config", {DOMAIN}
+            )
+
+    def _config_text(self, part: str, key: str, values: dict[str, str]) -> str | None:
+        """One loaded `config.<part>.<key>` string, filled; None if absent or unfillable."""
+        template = self._setup_mode.config_texts.get(f"component.{DOMAIN}.config.{part}.{key}")
+        if template is None:
+            return None
+        try:
+            return template.format_map(_Unknown(values))
+        except (IndexError, ValueError):
+            return None
+
+    async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Several setup APs in range: list them; one device of the list failed: go on."""
+        state, run, flash = self._setup_mode, self._run, self._flash
+        if state.many is not None and isinstance(run, SetupModeRun):
+            code, placeholders = flash.error or ("unknown", {})
+            # What the tracker knows fills what the error left out (e.g. the ROM version).
+            known = self._placeholders(run.tracker)
+            known.pop("phone_link", None)  # carries the passwords: never into a summary
+            values = {**known, **placeholders}
+            reason = self._config_text("abort", code, values) or code
+            return await self._async_device_ended(run, DeviceOutcome.FAILED, {"reason": reason})
+        if (
+            isinstance(run, SetupModeRun)
+            and run.host_wifi is not None
+            and run.host_wifi.setup_aps_found
+            and flash.error is not None
+            and flash.error[0] == SEVERAL_SETUP_APS
+        ):
+            state.found = run.host_wifi.setup_aps_found
+            state.callback_host, state.images = run.callback_host, run.images
+            _LOGGER.info("%d devices in pairing mode: %s", len(state.found), ", ".join(state.found))
+            await self._async_close()  # the scan is all this run was for: nothing was joined
+            self._run, self._flash = None, FlashState()
+            return await self.async_step_pick_setup_aps()
+        return await super().async_step_failed(user_input)
+
+    async def async_step_pick_setup_aps(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Several devices are in pairing mode: choose which to flash (all, by default)."""
+        state = self._setup_mode
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            chosen = set(user_input.get(CONF_SETUP_APS) or ())
+            ssids = tuple(ssid for ssid in state.found if ssid in chosen)
+            if ssids:
+                await self._async_selector_texts()
+                await self._async_config_texts()
+                state.many = ManyDevices(ssids, state.callback_host, state.images)
+                return await self._async_flash_next_device()
+            errors["base"] = "no_device_chosen"
+        schema: Any = vol.Schema(
+            {
+                vol.Required(CONF_SETUP_APS, default=list(state.found)): SelectSelector(
+                    SelectSelectorConfig(
+                        options=[
+                            SelectOptionDict(value=ssid, label=device_label(ssid))
+                            for ssid in state.found
+                        ],
+                        multiple=True,
+                        mode=SelectSelectorMode.LIST,
+                    )
+                )
+            }
+        )
+        return self.async_show_form(
+            step_id="pick_setup_aps",
+            data_schema=schema,
+            errors=errors,
+            description_placeholders={"count": str(len(state.found))},
+        )
+
+    async def _async_flash_next_device(self) -> ConfigFlowResult:
+        """Start the next device of the list (its own run and hop); the summary after the last."""
+        many = self._setup_mode.many
+        assert many is not None and self._wifi is not None
+        while (ssid := many.current) is not None:
+            try:
+                hop, _plan = await async_prepare_hop(
+                    self.hass, get_settings(self.hass), home_wifi=self._wifi, confirm_wifi_only=True
+                )
+            except HopError as err:  # the host changed since the list was shown
+                reason = f"wifi_{err.code.value}"
+                text = self._config_text("abort", reason, {"detail": str(err)}) or reason
+                many.record(DeviceOutcome.FAILED, self._result_text(ssid, "failed", reason=text))
+                continue
+            run = SetupModeRun(self.hass, self._wifi, many.callback_host, hop, setup_ssid=ssid)
+            run.firmware = self._firmware.choice
+            run.images = many.images  # checked once: never fetched again
+            _LOGGER.info("Flashing device %d of %d (%s)", many.index + 1, len(many.ssids), ssid)
+            self._run, self._flash = run, FlashState()
+            return await self.async_step_flash()
+        return await self.async_step_many_finish()
+
+    def _result_text(self, ssid: str, outcome: str, **values: str) -> str:
+        values = {"device": device_label(ssid), **values}
+        text = self._selector_text("many_result", outcome, values)
+        return text if text is not None else f"{values['device']}: {outcome}"
+
+    async def _async_device_ended(
+        self, run: SetupModeRun, outcome: DeviceOutcome, values: dict[str, str]
+    ) -> ConfigFlowResult:
+        """One device of the list is done (flashed or not): note it, go on with the next."""
+        many = self._setup_mode.many
+        assert many is not None and many.current is not None
+        flashed = outcome is DeviceOutcome.FLASHED
+        handoff = self._flash.outcome
+        if flashed:
+            run.tracker.done()
+        elif not run.tracker.finished:
+            run.tracker.fail(str(outcome), **values)
+        async_remember_run(
+            self.hass, run, flashed=flashed, mac=handoff.mac if flashed and handoff else None
+        )
+        await self._async_close()
+        text = self._result_text(many.current, str(outcome), **values)
+        _LOGGER.info("Device %d of %d: %s", many.index + 1, len(many.ssids), text)
+        many.record(outcome, text)
+        return await self._async_flash_next_device()
+
+    async def async_step_stage_timeout(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """One device of the list ran out of time: note it and go on (no retry menu)."""
+        run = self._run
+        if self._setup_mode.many is None or not isinstance(run, SetupModeRun):
+            return await super().async_step_stage_timeout(user_input)
+        stage = self._flash.resume_stage or Stage.WAIT_SETUP_AP
+        return await self._async_device_ended(run, DeviceOutcome.TIMEOUT, {"stage": str(stage)})
+
+    async def _async_flashed(self) -> ConfigFlowResult | None:
+        """One device of the list took Tasmota: note where it is and go on with the next."""
+        run = self._run
+        if self._setup_mode.many is None or not isinstance(run, SetupModeRun):
+            return None
+        handoff = self._flash.outcome
+        deviceid = run.tracker.details.get("deviceid", "")
+        name = handoff.name if handoff else deviceid
+        return await self._async_device_ended(run, DeviceOutcome.FLASHED, {"device_name": name})
+
+    async def async_step_many_finish(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Every device of the list had its turn: one line each; "Finish" ends the flow.
+
+        A form first, like `finish`: the frontend may fetch it more than once.
+        """
+        many = self._setup_mode.many
+        assert many is not None and self._wifi is not None
+        placeholders = many.summary()
+        if user_input is None:
+            return self.async_show_form(
+                step_id="many_finish", description_placeholders=placeholders, last_step=True
+            )
+        if self._async_current_entries(include_ignore=False) or placeholders["flashed"] == "0":
+            return self.async_abort(reason="many_finished", description_placeholders=placeholders)
+        await self.async_set_unique_id(DOMAIN)
+        return self.async_create_entry(
+            title="Sonoff OTA",
+            data={CONF_SSID: self._wifi.ssid, CONF_WIFI_PASSWORD: self._wifi.password},
+            description="many_finished",
+            description_placeholders=placeholders,
+        )

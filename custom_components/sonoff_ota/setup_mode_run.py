@@ -67,11 +67,14 @@ class SetupModeRun:
         wifi: WifiSettings,
         callback_host: str,
         hop: WifiHop | None = None,
+        *,
+        setup_ssid: str | None = None,
     ) -> None:
         """Prepare a run; nothing is opened until `prepare()`.
 
         `hop` (prepared, see `host_wifi_run.async_prepare_hop`) moves the host's Wi-Fi; a
         manual hop or None leaves it to the user. The run owns it and restores it on close.
+        `setup_ssid` pins the hop to one of several `ITEAD-…` APs in range.
         """
         self.hass = hass
         self.tracker = FlashTracker(FlashPath.SETUP_MODE)
@@ -90,7 +93,11 @@ class SetupModeRun:
         if hop is not None and hop.backend is not HopBackend.MANUAL:
             timeouts = get_settings(hass).timeouts
             self.host_wifi = SetupModeWifi(
-                hop, self.tracker, join_timeout=timeouts.wifi_join, scan_interval=timeouts.wifi_scan
+                hop,
+                self.tracker,
+                join_timeout=timeouts.wifi_join,
+                scan_interval=timeouts.wifi_scan,
+                setup_ssid=setup_ssid,
             )
         self._running: asyncio.Task[None] | None = None
         self._journal: RunJournal | None = None

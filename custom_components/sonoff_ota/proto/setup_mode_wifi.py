@@ -8,7 +8,8 @@ shared/spec/host-wifi-hopping.md (hops, safety), setup-mode-ota.md §5 (ITEAD AP
 The ITEAD SSID carries the deviceid, which is unknown before the host is on that AP, so the
 setup AP is found by a scan for `ITEAD-1000…` (`host_wifi_targets.ITEAD_SSID_RE`); more than
 one such AP in range is refused (`several_setup_aps`) rather than guessing which device to
-flash.
+flash, and the SSIDs seen are kept (`setup_aps_found`) so the flow can offer them as a list.
+A hop pinned to one SSID (`setup_ssid`, one device of that list) joins exactly that AP.
 No Home Assistant imports.
 """
 
@@ -69,9 +70,17 @@ class SetupModeWifi:
         *,
         join_timeout: float = DEFAULT_JOIN_TIMEOUT,
         scan_interval: float = DEFAULT_SCAN_INTERVAL,
+        setup_ssid: str | None = None,
     ) -> None:
-        """Wrap `hop`; nothing changes before the first `join_*` call."""
+        """Wrap `hop`; nothing changes before the first `join_*` call.
+
+        `setup_ssid` pins the setup AP to one `ITEAD-…` SSID (one of several in range);
+        None finds the only one in range.
+        """
         self.hop = hop
+        self.setup_ssid = setup_ssid
+        self.setup_aps_found: tuple[str, ...] = ()
+        """The `ITEAD-…` SSIDs in range when more than one was seen (the refusal's list)."""
         self.tracker = tracker
         self._join_timeout = join_timeout
         self._scan_interval = scan_interval
@@ -128,6 +137,8 @@ class SetupModeWifi:
         except HopError as err:
             raise hop_error(err, label, self.interface) from err
         if len(found) > 1:
+            if pattern is ITEAD_SSID_RE:
+                self.setup_aps_found = tuple(found)
             raise hop_error(
                 HopError(HopErrorCode.SEVERAL_SETUP_APS, ", ".join(found)),
                 ", ".join(found),
@@ -149,10 +160,14 @@ class SetupModeWifi:
         self._detail("on", f"on {joined.ssid} as {address}", ssid=joined.ssid, address=address)
 
     async def join_setup_ap(self, timeout: float) -> None:  # noqa: ASYNC109
-        """Find the device's `ITEAD-…` AP within `timeout` and join it as 10.10.7.2."""
+        """Find the device's `ITEAD-…` AP (or `setup_ssid`) within `timeout`; join as 10.10.7.2."""
         if self._on is not None and ITEAD_SSID_RE.match(self._on):
             return
-        ssid = await self._find(ITEAD_SSID_RE, "ITEAD-…", timeout, Stage.WAIT_SETUP_AP)
+        if self.setup_ssid is not None:
+            pinned = re.compile(rf"^{re.escape(self.setup_ssid)}$")
+            ssid = await self._find(pinned, self.setup_ssid, timeout, Stage.WAIT_SETUP_AP)
+        else:
+            ssid = await self._find(ITEAD_SSID_RE, "ITEAD-…", timeout, Stage.WAIT_SETUP_AP)
         await self._join(setup_ap_target(ssid, timeout=self._join_timeout))
 
     async def join_finalstage(self, timeout: float) -> None:  # noqa: ASYNC109
