@@ -22,12 +22,38 @@ import logging
 import ssl
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 
 from .issues import async_port_bound, async_port_busy
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class _PeerErrorFilter(logging.Filter):
+    """A request the HTTP parser refuses is the peer's fault: one warning, no traceback.
+
+    aiohttp (3.12+) logs such requests ("Error handling request from ...") at ERROR with a
+    traceback. Anything on the network can send them to our listeners, so they become a
+    warning that names the problem. Exceptions of our own views stay errors with traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: refused a malformed request (%s)"
+            record.args = (" ".join(str(exc).split()) or type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
+_HTTP_LOGGER = logging.getLogger(f"{__name__}.http")
+"""The private listeners' aiohttp server log (instead of `aiohttp.server`)."""
+_HTTP_LOGGER.addFilter(_PeerErrorFilter())
 
 
 class PortInUseError(Exception):
@@ -71,7 +97,9 @@ class PrivateListener:
 
     async def start(self) -> None:
         """Bind; raise `PortInUseError` when the port is taken."""
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, logger=_HTTP_LOGGER
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl, reuse_address=True)
         try:
