@@ -366,8 +366,10 @@ async def test_two_fetches_at_once_of_the_ended_progress_both_show_the_finish_fo
         for fetched in (first, second):
             assert fetched["type"] is FlowResultType.FORM, fetched
             assert fetched["step_id"] == "finish"
-        assert second["description_placeholders"] == first["description_placeholders"]
-        assert first["description_placeholders"]["deviceid"] == device.config.deviceid
+        shown = first["description_placeholders"]
+        assert shown is not None
+        assert second["description_placeholders"] == shown
+        assert shown["deviceid"] == device.config.deviceid
         done = await hass.config_entries.flow.async_configure(flow_id, {})
         assert done["type"] is FlowResultType.CREATE_ENTRY
 
