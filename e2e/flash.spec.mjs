@@ -36,6 +36,7 @@ import {
   setSwitch,
   submit,
   templatePattern,
+  toggleField,
   waitForStates,
 } from './lib/ha.mjs';
 import { runSteps } from './lib/runner.mjs';
@@ -56,6 +57,7 @@ const INVALID_SSID_ERROR = text(EN.config.error.invalid_ssid, 'The network name 
 const PATH_STEP_TITLE = text(EN.config.step.path.title);
 // The demo's devices (scripts/develop.py) and what they become in Tasmota.
 const SETUP_DEVICEID = '10000b77c1';
+const SETUP_MAC = '5CCF7F0B77C1'; // its station MAC (scripts/develop.py), Tasmota's spelling
 const DIY_DEVICEID = '1000e4c17c';
 const DIY_DEVICE_NAME = `Sonoff ${DIY_DEVICEID}`;
 const SETUP_MODE_OPTION = text(EN.config.step.path.menu_options.setup_mode);
@@ -78,6 +80,18 @@ const SETUP_FINISH_TITLE = fill(text(EN.config.step.finish.title), { deviceid: S
 const DIY_CONFIRM_TITLE = fill(text(EN.config.step.diy_confirm.title), { device_type: 'diy_plug', deviceid: DIY_DEVICEID });
 const DIY_ADDED = fill(text(EN.config.abort.device_added), { deviceid: DIY_DEVICEID });
 const FIRMWARE_NAME = text(EN.entity.update.firmware.name, 'Firmware');
+const TASMOTA_FIRMWARE_NAME = text(EN.entity.update.tasmota_firmware.name, 'Tasmota firmware');
+// The finish step's "upgrade to the full build now" toggle, where the flow has one
+// (its label from en.json once translated; HA shows the raw field name otherwise).
+const FINISH_UPGRADE_LABEL = EN.config.step.finish.data?.upgrade ?? 'upgrade';
+// The eWeLink Firmware entity's release notes (update.py: _NO_WAY_BACK, _SETUP_MODE).
+const FIRMWARE_NOTES = /no way back to eWeLink/;
+// The Tasmota firmware entity's release notes (update.py: _TASMOTA_NOTES).
+const TASMOTA_NOTES = /with Tasmota's own over-the-air update/;
+// scripts/develop.py: the latest-release stand-in's number, the virtual Tasmota's number.
+const TASMOTA_RELEASE = '14.4.1';
+const LITE_LABEL = `${TASMOTA_RELEASE} (lite)`;
+const FULL_LABEL = `${TASMOTA_RELEASE} (tasmota)`;
 const TOO_LONG_SSID = 'x'.repeat(33); // 33 bytes: one more than 802.11 allows
 const HOME_SSID = 'Demo home 2.4GHz';
 const HOME_WIFI_PASSWORD = 'demo-wifi-pass'; // a demo value, never a real secret
@@ -229,8 +243,12 @@ export const STEPS = [
         error.waitFor({ state: 'visible', timeout: 60_000 }).then(() => 'error'),
       ]);
       if (shown === 'finish') {
+        const finish = dialogWith(page, SETUP_FINISH_TITLE);
+        await finish.getByRole('button', { name: 'Submit', exact: true }).last().waitFor({ state: 'visible' });
+        // Upgrade later, from the dashboard (the path the steps below show).
+        if (await toggleField(finish, FINISH_UPGRADE_LABEL).count()) await setSwitch(finish, FINISH_UPGRADE_LABEL, false);
         await screenshot('setup-mode-finish');
-        await submit(dialogWith(page, SETUP_FINISH_TITLE));
+        await submit(finish);
       }
       const done = page.getByText(SETUP_DONE).first();
       const first = await Promise.race([
@@ -293,10 +311,13 @@ export const STEPS = [
   {
     name: 'the DIY device has a Firmware update entity',
     run: async ({ page, state, screenshot }) => {
+      // Its eWeLink Firmware entity (not the setup-mode device's "Tasmota firmware" one).
+      const uniqueId = `${DIY_DEVICEID}_firmware`;
+      const entry = await ourEntity(page, uniqueId, "the DIY device's Firmware entity");
       state.update = await waitForStates(
         page,
-        (states) => states.find((s) => /^update\..*_firmware$/.test(s.entity_id) && s.state === 'on'),
-        { what: 'an update.*_firmware entity offering Tasmota' },
+        (states) => states.find((s) => s.entity_id === entry.entity_id && s.state === 'on'),
+        { what: `${entry.entity_id} to offer Tasmota` },
       );
       await openPath(page, '/config/integrations/integration/sonoff_ota');
       await page.getByText(DIY_DEVICE_NAME, { exact: false }).first().click();
@@ -304,6 +325,9 @@ export const STEPS = [
       await page.getByText(FIRMWARE_NAME, { exact: true }).first().click();
       state.moreInfo = dialogWith(page, /Update available|Install/);
       await state.moreInfo.getByRole('button', { name: /^(Install|Update)$/ }).first().waitFor({ state: 'visible' });
+      // The release notes arrive (they used to stay an endless spinner).
+      await expectText(state.moreInfo, FIRMWARE_NOTES);
+      await expectNoSpinner(state.moreInfo, 'the Firmware dialog');
       await screenshot('firmware-update-entity');
     },
   },
@@ -356,7 +380,95 @@ export const STEPS = [
       await screenshot('tasmota-switch-toggled');
     },
   },
+  {
+    name: "the setup-mode device's Tasmota firmware entity offers the full build",
+    run: async ({ page, state, screenshot }) => {
+      const uniqueId = `${SETUP_MAC}_tasmota_firmware`;
+      const entry = await ourEntity(page, uniqueId, 'the Tasmota firmware entity of the setup-mode device');
+      state.upgradeId = entry.entity_id;
+      await waitForStates(page, (states) => states.find((s) => s.entity_id === entry.entity_id && s.state === 'on' &&
+        s.attributes.installed_version === LITE_LABEL && s.attributes.latest_version === FULL_LABEL), {
+        timeout: 60_000,
+        what: `${entry.entity_id} to offer ${FULL_LABEL} over ${LITE_LABEL}`,
+      });
+      await openPath(page, `/config/devices/device/${entry.device_id}`);
+      await page.getByText(TASMOTA_FIRMWARE_NAME, { exact: true }).first().click();
+      state.moreInfo = dialogWith(page, new RegExp(TASMOTA_FIRMWARE_NAME));
+      await expectText(state.moreInfo, TASMOTA_NOTES);
+      await expectText(state.moreInfo, LITE_LABEL);
+      await expectText(state.moreInfo, FULL_LABEL);
+      await state.moreInfo.getByRole('button', { name: /^(Install|Update)$/ }).first().waitFor({ state: 'visible' });
+      await expectNoSpinner(state.moreInfo, 'the Tasmota firmware dialog');
+      await screenshot('tasmota-firmware-entity');
+    },
+  },
+  {
+    name: 'Update upgrades it to the full build over MQTT; the dialog shows the progress',
+    run: async ({ page, state, screenshot }) => {
+      const id = state.upgradeId;
+      await state.moreInfo.getByRole('button', { name: /^(Install|Update)$/ }).first().click();
+      // The demo's full image does not fit beside the lite one: Tasmota flashes
+      // tasmota-minimal first and fetches the full build from there (the demo paces
+      // that download over a few seconds): catch it on screen.
+      state.upgradeStages = new Set();
+      await waitForStates(page, (states) => {
+        const s = states.find((x) => x.entity_id === id);
+        if (s?.attributes.upgrade_stage) state.upgradeStages.add(s.attributes.upgrade_stage);
+        if (s?.attributes.upgrade_stage === 'failed') throw new Error(`the upgrade failed: ${s.attributes.upgrade_error}`);
+        return s?.attributes.in_progress && s.attributes.upgrade_stage === 'minimal';
+      }, { timeout: 120_000, what: `${id} to reach the tasmota-minimal step` });
+      await expectText(state.moreInfo, /Installing/, { exact: false });
+      await state.moreInfo.getByRole('progressbar').first().waitFor({ state: 'visible' });
+      await screenshot('tasmota-upgrade-progress');
+    },
+  },
+  {
+    name: 'the entity shows the full build once Tasmota is back',
+    run: async ({ page, state, screenshot }) => {
+      const id = state.upgradeId;
+      const done = await waitForStates(page, (states) => {
+        const s = states.find((x) => x.entity_id === id);
+        if (s?.attributes.upgrade_stage) state.upgradeStages.add(s.attributes.upgrade_stage);
+        if (s?.attributes.upgrade_stage === 'failed') throw new Error(`the upgrade failed: ${s.attributes.upgrade_error}`);
+        return s && !s.attributes.in_progress && s.state === 'off' && s.attributes.installed_version === FULL_LABEL ? s : null;
+      }, { timeout: 180_000, what: `${id} to report ${FULL_LABEL}` });
+      if (done.attributes.upgrade_stage !== 'done') throw new Error(`the upgrade ended in stage ${done.attributes.upgrade_stage}`);
+      // The demo's full image does not fit beside the lite one: Tasmota went through -minimal.
+      if (!state.upgradeStages.has('minimal')) {
+        throw new Error(`the upgrade never showed the tasmota-minimal step (stages seen: ${[...state.upgradeStages].join(', ')})`);
+      }
+      await expectText(state.moreInfo, FULL_LABEL);
+      await expectNoText(state.moreInfo, LITE_LABEL);
+      await screenshot('tasmota-upgraded');
+    },
+  },
 ];
+
+/** Our entity registry entry with `uniqueId` (waits for it to be registered). */
+async function ourEntity(page, uniqueId, what, { timeout = 30_000 } = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const entry = (await callWS(page, { type: 'config/entity_registry/list' })).find(
+      (e) => e.platform === 'sonoff_ota' && e.unique_id === uniqueId,
+    );
+    if (entry) return entry;
+    if (Date.now() > deadline) throw new Error(`no sonoff_ota entity with unique id ${uniqueId} (${what}) within ${timeout} ms`);
+    await page.waitForTimeout(250);
+  }
+}
+
+/** Fail when a loading spinner stays in `scope` (e.g. release notes that never arrive). */
+async function expectNoSpinner(scope, what, { timeout = 15_000 } = {}) {
+  const spinner = scope.locator('ha-spinner, ha-circular-progress, mwc-circular-progress');
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    let shown = 0;
+    for (const one of await spinner.all()) if (await one.isVisible()) shown += 1;
+    if (!shown) return;
+    if (Date.now() > deadline) throw new Error(`${what} still shows a loading spinner after ${timeout} ms`);
+    await scope.page().waitForTimeout(250);
+  }
+}
 
 function settingsFromEnv(env) {
   const baseUrl = (env.HA_URL ?? 'http://127.0.0.1:8123').replace(/\/+$/, '');

@@ -3,7 +3,9 @@
 Run through `scripts/develop`, which picks the Python and the venv. This script:
 - starts a Mosquitto broker (Debian package) on a free port;
 - serves synthetic firmware images (never real firmware: they are labelled as
-  test images in the UI) from a local HTTP server;
+  test images in the UI) from a local HTTP server: the eWeLink-side images, and
+  synthetic full and minimal Tasmota builds for the lite → full upgrade, with a
+  stand-in for GitHub's "latest Tasmota release" answer;
 - starts two virtual Sonoffs: one waiting in setup mode (eWeLink 2.0.4) and one
   in DIY mode (eWeLink 3.6.0); each boots a virtual Tasmota once flashed;
 - writes a config dir under .develop/ (gitignored) whose `sonoff_ota:` settings
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from dataclasses import dataclass, field
+import gzip
 import hashlib
 import json
 import os
@@ -34,7 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from virtual_sonoff.diy import DiyConfig  # noqa: E402
-from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite  # noqa: E402
+from virtual_sonoff.images import (  # noqa: E402
+    intermediate_user1,
+    intermediate_user2,
+    make_image,
+    tasmota_lite,
+)
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff  # noqa: E402
 from virtual_sonoff.mosquitto import MosquittoBroker  # noqa: E402
 from virtual_sonoff.profile import timing_profile  # noqa: E402
@@ -50,6 +58,10 @@ DEV_PASSWORD = "sonoff-ota-dev"  # loopback-only demo account, printed on start
 HOST = "127.0.0.1"
 SETUP_DEVICEID = "10000b77c1"
 DIY_DEVICEID = "1000e4c17c"
+TASMOTA_RELEASE = "14.4.1"
+"""What the demo's stand-in for GitHub's latest release names (the virtual Tasmota's number)."""
+OTA_CHUNK = 16 * 1024
+OTA_CHUNK_DELAY = 0.1  # seconds per chunk: the full image takes about 4 s
 
 CONFIGURATION_YAML = """\
 # Written by scripts/develop. Everything listens on 127.0.0.1 only.
@@ -121,7 +133,14 @@ class DevConfig:
 
 
 class FirmwareImages:
-    """Synthetic images served over plain HTTP, as the Tasmota OTA server would."""
+    """Synthetic images served over plain HTTP, as the Tasmota OTA server would.
+
+    `/fw/tasmota.bin.gz` and `/fw/tasmota-minimal.bin.gz` stand for Tasmota's OTA
+    folder (the upgrade's OtaUrl): gzipped synthetic images, never real firmware.
+    The full one does not fit beside the running lite image on a 1 MB Sonoff, so the
+    virtual Tasmota takes the `-minimal` step first, as a real one does.
+    `/releases/latest` answers like GitHub's latest-release API, with `TASMOTA_RELEASE`.
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -129,12 +148,29 @@ class FirmwareImages:
             "image_user1-0x01000.bin": intermediate_user1(),
             "image_user2-0x81000.bin": intermediate_user2(),
             "tasmota-lite.bin": tasmota_lite(),
+            # Incompressible filler: 600 kB is too big beside a 480 kB lite image.
+            "tasmota.bin.gz": gzip.compress(
+                make_image(600_000, label="tasmota-full-synthetic"), mtime=0
+            ),
+            "tasmota-minimal.bin.gz": gzip.compress(
+                make_image(300_000, label="tasmota-minimal-synthetic"), mtime=0
+            ),
         }
         self._runner: web.AppRunner | None = None
 
     def url(self, name: str) -> str:
         """Where one image is served."""
         return f"http://{HOST}:{self.port}/fw/{name}"
+
+    @property
+    def releases_url(self) -> str:
+        """The stand-in for GitHub's "latest release" of arendst/Tasmota."""
+        return f"http://{HOST}:{self.port}/releases/latest"
+
+    @property
+    def ota_base_url(self) -> str:
+        """The stand-in for Tasmota's OTA folder (`<base>/tasmota.bin.gz`)."""
+        return f"http://{HOST}:{self.port}/fw"
 
     def settings(self) -> dict[str, str]:
         """The integration's `firmware:` overrides (with the synthetic pins)."""
@@ -148,16 +184,39 @@ class FirmwareImages:
         }
 
     async def start(self) -> None:
-        """Serve the images."""
+        """Serve the images and the release answer."""
 
-        async def handle(request: web.Request) -> web.Response:
-            data = self.files.get(request.match_info["name"])
+        async def handle(request: web.Request) -> web.StreamResponse:
+            name = request.match_info["name"]
+            data = self.files.get(name)
             if data is None:
                 raise web.HTTPNotFound
-            return web.Response(body=data, content_type="application/octet-stream")
+            if request.method != "GET" or not name.endswith(".gz"):
+                return web.Response(body=data, content_type="application/octet-stream")
+            # Tasmota's OTA downloads, paced so the upgrade can be watched (a few seconds).
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = len(data)
+            await response.prepare(request)
+            for start in range(0, len(data), OTA_CHUNK):
+                await response.write(data[start : start + OTA_CHUNK])
+                await asyncio.sleep(OTA_CHUNK_DELAY)
+            await response.write_eof()
+            return response
+
+        async def latest_release(request: web.Request) -> web.Response:
+            return web.json_response(
+                {
+                    "tag_name": f"v{TASMOTA_RELEASE}",
+                    "name": f"Tasmota v{TASMOTA_RELEASE} (demo stand-in, synthetic images)",
+                    "html_url": (
+                        f"https://github.com/arendst/Tasmota/releases/tag/v{TASMOTA_RELEASE}"
+                    ),
+                }
+            )
 
         app = web.Application()
         app.router.add_get("/fw/{name}", handle)
+        app.router.add_get("/releases/latest", latest_release)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, HOST, self.port).start()
@@ -181,6 +240,8 @@ def sonoff_ota_yaml(cfg: DevConfig, firmware: FirmwareImages) -> str:
         "callback_host": HOST,
         "device_broker_host": HOST,
         "serve_from_ha": False,
+        "tasmota_releases_url": firmware.releases_url,
+        "tasmota_ota_base_url": firmware.ota_base_url,
         "firmware": firmware.settings(),
     }
     lines: list[str] = []
@@ -353,7 +414,9 @@ def banner(cfg: DevConfig) -> str:
             f"  DIY Sonoff {DIY_DEVICEID} (eWeLink 3.6.0) is on the network:",
             "    Add integration > Sonoff OTA > DIY mode,",
             f"    IP address {HOST}, port {ports.diy}.",
-            "  Firmware: synthetic test images served locally (never real firmware).",
+            "  Firmware: synthetic test images served locally (never real firmware),",
+            '    also the full Tasmota build each flashed device\'s "Tasmota firmware"',
+            f"    entity upgrades to (release {TASMOTA_RELEASE} as the latest).",
             "",
             f"  HA log:         {log_path(cfg)}",
             "  Stop:           Ctrl-C",
@@ -372,6 +435,7 @@ def demo_devices(cfg: DevConfig) -> list[VirtualSonoff]:
             setup=SetupModeConfig(
                 deviceid=SETUP_DEVICEID,
                 rom_version="2.0.4",
+                sta_mac="5C:CF:7F:0B:77:C1",
                 ap_port=ports.setup_ap,
                 finalstage_server=(HOST, ports.finalstage),
                 timing=DEMO_TIMING,

@@ -346,6 +346,34 @@ def assert_closed(port: int) -> None:
         pass
 
 
+async def test_two_fetches_at_once_of_the_ended_progress_both_show_the_finish_form(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
+    """The frontend fetches the step again (progress event + its own) while the first runs.
+
+    The first fetch of "finish" closes the flash's listeners (it awaits); a second one
+    arriving meanwhile found the flash marked finished but no placeholders yet and
+    answered with a KeyError (the browser showed an empty "Error" dialog).
+    """
+    async with setup_device(hass) as (device, _firmware, _):
+        result = await start_setup_mode_flash(hass)
+        flow_id = result["flow_id"]
+        await hass.async_block_till_done(wait_background_tasks=True)
+        first, second = await asyncio.gather(
+            hass.config_entries.flow.async_configure(flow_id),
+            hass.config_entries.flow.async_configure(flow_id),
+        )
+        for fetched in (first, second):
+            assert fetched["type"] is FlowResultType.FORM, fetched
+            assert fetched["step_id"] == "finish"
+        shown = first["description_placeholders"]
+        assert shown is not None
+        assert second["description_placeholders"] == shown
+        assert shown["deviceid"] == device.config.deviceid
+        done = await hass.config_entries.flow.async_configure(flow_id, {})
+        assert done["type"] is FlowResultType.CREATE_ENTRY
+
+
 async def test_a_watching_frontend_sees_each_stage_and_then_the_result(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None
 ) -> None:

@@ -77,14 +77,15 @@ class HandoffFlow(FlashFlow):
             flash.finished = True
             outcome = flash.outcome
             deviceid = run.tracker.details.get("deviceid", "")
-            run.tracker.done()
-            async_remember_run(self.hass, run, flashed=True, mac=outcome.mac if outcome else None)
-            await self._async_close()
+            # Before any await: a second fetch of this step may arrive while we close.
             flash.finish_placeholders = {
                 "deviceid": deviceid,
                 "device_name": outcome.name if outcome else deviceid,
                 "device_path": f"/config/devices/device/{outcome.device_id}" if outcome else "",
             }
+            run.tracker.done()
+            async_remember_run(self.hass, run, flashed=True, mac=outcome.mac if outcome else None)
+            await self._async_close()
         placeholders = flash.finish_placeholders
         # The frontend's list of flows in progress formats this step's title (and text)
         # with the context's title placeholders: give it the same values.

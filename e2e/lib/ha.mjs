@@ -238,13 +238,18 @@ export async function openPath(page, path) {
   await waitForFrontend(page);
 }
 
+/** The switch or checkbox whose accessible name matches `label` (a string or RegExp). */
+export function toggleField(scope, label) {
+  const name = label instanceof RegExp ? label : new RegExp(escapeRegExp(label));
+  return scope.getByRole('switch', { name }).or(scope.getByRole('checkbox', { name })).first();
+}
+
 /**
  * Switch the toggle labelled `label` inside `scope` on or off (and check it
  * took). HA renders a flow's boolean as a checkbox, a dashboard toggle as a switch.
  */
 export async function setSwitch(scope, label, on) {
-  const name = new RegExp(escapeRegExp(label));
-  const toggle = scope.getByRole('switch', { name }).or(scope.getByRole('checkbox', { name })).first();
+  const toggle = toggleField(scope, label);
   try {
     await toggle.waitFor({ state: 'visible', timeout: DEFAULT_TIMEOUT_MS });
   } catch {
