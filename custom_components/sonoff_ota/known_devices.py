@@ -284,6 +284,10 @@ def find_ha_device(hass: HomeAssistant, entry: ConfigEntry, deviceid: str) -> dr
     )
 
 
+DEVICES_PER_ENTRY = hasattr(dr.DeviceRegistry, "async_get_or_create_child")
+"""HA 2026.x: a device belongs to one config entry (before: several, e.g. merged by MAC)."""
+
+
 @callback
 def async_release_ha_device(hass: HomeAssistant, entry: ConfigEntry, deviceid: str) -> None:
     """Remove our entities from the HA device of `deviceid` and our entry from the device.
@@ -301,7 +305,10 @@ def async_release_ha_device(hass: HomeAssistant, entry: ConfigEntry, deviceid: s
     remaining = device.identifiers - {(DOMAIN, deviceid)}
     if remaining or device.connections:  # a device needs one of the two
         registry.async_update_device(device.id, new_identifiers=remaining)
-    registry.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
+    if DEVICES_PER_ENTRY:  # HA 2026.x: the device is ours alone; it goes as a whole
+        registry.async_remove_device(device.id)
+    else:
+        registry.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
 
 
 def _write(hass: HomeAssistant, entry: ConfigEntry, devices: Mapping[str, DeviceRecord]) -> None:
