@@ -26,7 +26,8 @@ from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_store import FirmwareChoice, FirmwareError
+from .proto.firmware_choice import FirmwareChoice
+from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker
 from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
 from .settings import get_settings

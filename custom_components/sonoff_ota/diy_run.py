@@ -18,8 +18,10 @@ from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from .flash_server import FlashServer, async_get_flash_server
 from .proto.diy_client import DiyClient, DiyInfo
 from .proto.diy_flasher import DiyFlasher, DiyJob, DiyTimeouts
+from .proto.firmware_cache import StoredImage
+from .proto.firmware_choice import FirmwareChoice
+from .proto.firmware_download import ProgressCallback
 from .proto.firmware_image import ImageRole
-from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
 from .proto.flash_stages import FlashPath, FlashTracker
 
 _LOGGER = logging.getLogger(__name__)

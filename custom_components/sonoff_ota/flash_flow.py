@@ -36,7 +36,7 @@ from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
 from .known_devices import async_remember_run
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_store import FirmwareError
+from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_ap import SetupApError
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError

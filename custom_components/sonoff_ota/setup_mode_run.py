@@ -16,7 +16,9 @@ from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
 from .flash_server import FlashServer, async_get_flash_server
 from .listeners import PortInUseError, async_check_port_free
-from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
+from .proto.firmware_cache import StoredImage
+from .proto.firmware_choice import FirmwareChoice
+from .proto.firmware_download import ProgressCallback
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi_hop import WifiHop
 from .proto.host_wifi_types import HopBackend

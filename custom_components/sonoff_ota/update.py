@@ -35,7 +35,7 @@ from .const import DOMAIN, PATH_DIY
 from .device_entity import SonoffDeviceEntity, async_add_device_entities
 from .known_devices import DeviceRecord, get_devices, signal_devices_updated
 from .options_flow import OPT_ALL_TASMOTA, options_with_defaults
-from .proto.firmware_store import FirmwareChoice
+from .proto.firmware_choice import FirmwareChoice
 from .proto.tasmota_discovery import (
     InvalidMacError,
     TasmotaDevice,

@@ -8,7 +8,12 @@ The modules, in the order a flash's data flows through them:
 What the user gives and what gets flashed
 - wifi: validation of the home Wi-Fi settings the device is given.
 - firmware_image: image roles, limits, pinned known images and validation (pure functions).
-- firmware_store: fetch, verify and cache images; choose the Tasmota image for a path.
+- firmware_sources: where each image comes from (URLs, pins, release numbers, `redact_url`).
+- firmware_choice: the user's choice of Tasmota image (`FirmwareChoice`, `FirmwareSource`).
+- firmware_errors: why an image could not be handed out (`FirmwareErrorCode`, errors).
+- firmware_download: `FirmwareDownloader`, one image into memory (cap, timeouts, single-flight).
+- firmware_cache: `FirmwareCache`, verified images on disk by sha256 and the URL index.
+- firmware_store: `FirmwareStore`, the policy: which source, fallback and check per image.
 - flash_stages: the flash as a state machine (`Stage`, `FlashTracker`) every path reports to.
 
 Moving the host's Wi-Fi onto the device's access points (setup mode)
