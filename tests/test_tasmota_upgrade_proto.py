@@ -17,12 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.tasmota_handoff import (
-    ConfiguredBy,
-    DiscoveryFeed,
-    HandoffResult,
-    Publish,
-)
+from custom_components.sonoff_ota.proto.tasmota_handoff_types import ConfiguredBy, HandoffResult
+from custom_components.sonoff_ota.proto.tasmota_mqtt_feed import DiscoveryFeed, Publish
 from custom_components.sonoff_ota.proto.tasmota_upgrade import (
     TasmotaBuild,
     TasmotaUpgrade,

@@ -18,7 +18,7 @@ from .diy_run import DiyRun
 from .handoff_run import HandoffRun
 from .issues import async_track_mqtt
 from .known_devices import async_adopt_pending_devices, signal_devices_updated
-from .proto.tasmota_handoff import EwelinkIdentity
+from .proto.tasmota_handoff_types import EwelinkIdentity
 from .proto.wifi import WifiSettings
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
 

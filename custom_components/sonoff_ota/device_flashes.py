@@ -29,7 +29,7 @@ from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_choice import FirmwareChoice
 from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
+from .proto.tasmota_handoff_types import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
 from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
 

@@ -42,7 +42,7 @@ from .proto.setup_ap import SetupApError
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
 from .proto.setup_mode_wifi import DETAIL
 from .proto.tasmota_discovery import TasmotaDevice
-from .proto.tasmota_handoff import AmbiguousDeviceError, EwelinkIdentity, HandoffError
+from .proto.tasmota_handoff_types import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings
 from .setup_mode_run import SetupModeRun
 from .tasmota_link import (

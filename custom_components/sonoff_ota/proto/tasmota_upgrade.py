@@ -36,7 +36,8 @@ import time
 from typing import Any, Final
 
 from .tasmota_discovery import TasmotaDevice, TasmotaDiscoveryError, parse_discovery
-from .tasmota_handoff import DiscoveryFeed, HandoffResult, MqttIn, Publish
+from .tasmota_handoff_types import HandoffResult
+from .tasmota_mqtt_feed import DiscoveryFeed, MqttIn, Publish
 
 _LOGGER = logging.getLogger(__name__)
 
