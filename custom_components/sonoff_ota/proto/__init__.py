@@ -31,7 +31,8 @@ Moving the host's Wi-Fi onto the device's access points (setup mode)
 Setup mode (the SonOTA method)
 - setup_ap: client for the ITEAD setup AP (stage 1: `/device`, then `/ap` with Wi-Fi and cloud).
 - legacy_tls: TLS for the fake cloud (self-signed certificate, context old firmware accepts).
-- fake_cloud: the fake eWeLink cloud (HTTPS dispatch, WebSocket, the upgrade offer).
+- ewelink_messages: the eWeLink cloud's wire format (`UpgradeOffer`, dispatch and upgrade bodies).
+- fake_cloud: `FakeCloud`, the server speaking it (HTTPS dispatch, WebSocket, device sessions).
 - image_server: the firmware download server of both paths, plus the DIY result callback.
 - setup_mode_errors: why a setup-mode flash stopped (`SetupModeError`, `StageTimeoutError`).
 - setup_mode_wifi: `SetupModeWifi`, the hops at the points a setup-mode flash needs them.
