@@ -33,7 +33,9 @@ Setup mode (the SonOTA method)
 - legacy_tls: TLS for the fake cloud (self-signed certificate, context old firmware accepts).
 - ewelink_messages: the eWeLink cloud's wire format (`UpgradeOffer`, dispatch and upgrade bodies).
 - fake_cloud: `FakeCloud`, the server speaking it (HTTPS dispatch, WebSocket, device sessions).
-- image_server: the firmware download server of both paths, plus the DIY result callback.
+- http_range: one HTTP `Range: bytes=` header, parsed and clamped (`parse_range`, `ByteRange`).
+- diy_ota_result: the DIY device's `/api/device/otaFlash` report (`OtaResult`, its parser).
+- image_server: `ImageServer`, the firmware download server of both paths and its served sets.
 - setup_mode_errors: why a setup-mode flash stopped (`SetupModeError`, `StageTimeoutError`).
 - setup_mode_wifi: `SetupModeWifi`, the hops at the points a setup-mode flash needs them.
 - setup_mode_flasher: the setup-mode flash, stage by stage.
