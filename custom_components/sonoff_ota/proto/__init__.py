@@ -34,7 +34,6 @@ Setup mode (the SonOTA method)
 - ewelink_messages: the eWeLink cloud's wire format (`UpgradeOffer`, dispatch and upgrade bodies).
 - fake_cloud: `FakeCloud`, the server speaking it (HTTPS dispatch, WebSocket, device sessions).
 - http_range: one HTTP `Range: bytes=` header, parsed and clamped (`parse_range`, `ByteRange`).
-- diy_ota_result: the DIY device's `/api/device/otaFlash` report (`OtaResult`, its parser).
 - image_server: `ImageServer`, the firmware download server of both paths and its served sets.
 - setup_mode_errors: why a setup-mode flash stopped (`SetupModeError`, `StageTimeoutError`).
 - setup_mode_wifi: `SetupModeWifi`, the hops at the points a setup-mode flash needs them.
@@ -43,6 +42,7 @@ Setup mode (the SonOTA method)
 DIY mode (eWeLink 3.x)
 - diy_discovery: the `_ewelink._tcp.local.` announcement and the DIY-flash eligibility check.
 - diy_client: client for the DIY REST API (`POST :8081/zeroconf/<path>`).
+- diy_ota_result: the device's `/api/device/otaFlash` report (`OtaResult`, `FlashResult`).
 - diy_flasher: the DIY-mode flash, stage by stage.
 
 Handing the flashed device to Home Assistant's Tasmota integration

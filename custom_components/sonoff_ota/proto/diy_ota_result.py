@@ -1,4 +1,4 @@
-"""The DIY device's `POST /api/device/otaFlash` result report: its path and its body.
+"""The DIY device's `POST /api/device/otaFlash` result report: its path, body and codes.
 
 Facts: DIY §1.7 (inferred host:port, unverified). The body is parsed
 defensively: a missing or unparseable `error` is None, never an exception.
@@ -7,6 +7,7 @@ defensively: a missing or unparseable `error` is None, never an exception.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import enum
 import json
 import logging
 from typing import Final
@@ -28,6 +29,32 @@ class OtaResult:
     error: int | None
     deviceid: str | None
     peer: str | None
+
+
+class FlashResult(enum.StrEnum):
+    """Keys for the `error` in the device's `POST /api/device/otaFlash` callback."""
+
+    DONE = "done"
+    DOWNLOAD_FAILED = "download_failed"
+    UPGRADE_MESSAGE_ERROR = "upgrade_message_error"
+    CHECK_FAILED = "check_failed"
+    DEVICE_INTERNAL_ERROR = "device_internal_error"
+    UNKNOWN = "unknown"
+
+
+# Undocumented callback codes as the official tool reads them (spec §1.7, [ITD tcp_server.py]).
+FLASH_RESULTS: dict[int, FlashResult] = {
+    0: FlashResult.DONE,
+    404: FlashResult.DOWNLOAD_FAILED,
+    406: FlashResult.UPGRADE_MESSAGE_ERROR,
+    409: FlashResult.CHECK_FAILED,
+    410: FlashResult.DEVICE_INTERNAL_ERROR,
+}
+
+
+def flash_result(error: int) -> FlashResult:
+    """Map the callback's `error` code to a key (`unknown` for anything else)."""
+    return FLASH_RESULTS.get(error, FlashResult.UNKNOWN)
 
 
 def _int_or_none(text: str) -> int | None:
