@@ -22,15 +22,17 @@ from custom_components.sonoff_ota.proto.tasmota_mqtt_feed import DiscoveryFeed, 
 from custom_components.sonoff_ota.proto.tasmota_upgrade import (
     TasmotaBuild,
     TasmotaUpgrade,
-    UpgradeError,
-    UpgradeErrorCode,
     UpgradeResult,
-    UpgradeStage,
     UpgradeTarget,
-    UpgradeTracker,
     UrlCheck,
     check_ota_url,
     minimal_url,
+)
+from custom_components.sonoff_ota.proto.tasmota_upgrade_stages import (
+    UpgradeError,
+    UpgradeErrorCode,
+    UpgradeStage,
+    UpgradeTracker,
 )
 from tests.proto.firmware_server import firmware_server
 from virtual_sonoff.images import make_image, tasmota_lite

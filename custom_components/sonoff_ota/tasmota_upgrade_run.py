@@ -34,9 +34,9 @@ from .proto.tasmota_upgrade import (
     TasmotaUpgrade,
     UpgradeResult,
     UpgradeTarget,
-    UpgradeTracker,
     UrlCheck,
 )
+from .proto.tasmota_upgrade_stages import UpgradeTracker
 from .settings import get_settings
 from .tasmota_link import SUBSCRIBE_WAIT, _on_subscribe_done, mqtt_publisher
 

@@ -45,13 +45,8 @@ from .proto.tasmota_discovery import (
     tasmota_mac,
 )
 from .proto.tasmota_releases import RELEASES_PAGE, TasmotaRelease
-from .proto.tasmota_upgrade import (
-    TasmotaBuild,
-    UpgradeError,
-    UpgradeErrorCode,
-    UpgradeTarget,
-    UpgradeTracker,
-)
+from .proto.tasmota_upgrade import TasmotaBuild, UpgradeTarget
+from .proto.tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeTracker
 from .tasmota_link import TASMOTA_DOMAIN
 from .tasmota_upgrade_run import async_latest_release, async_run_upgrade, chosen_build
 

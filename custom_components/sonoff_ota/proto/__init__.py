@@ -52,4 +52,6 @@ Handing the flashed device to Home Assistant's Tasmota integration
 - tasmota_handoff_types: what the hand-off is given and gives back (settings, result, errors).
 - tasmota_mqtt_feed: the hand-off's MQTT side (subscriptions, `DiscoveryFeed`, what it told).
 - tasmota_handoff: from Tasmota's first boot to its MQTT discovery, both paths' last step.
+- tasmota_upgrade_stages: a lite → full upgrade as a state machine (`UpgradeTracker`, errors).
+- tasmota_upgrade: `TasmotaUpgrade`, lite → full with Tasmota's own OTA over MQTT.
 """
