@@ -7,12 +7,12 @@ The modules, in the order a flash's data flows through them:
 
 What the user gives and what gets flashed
 - wifi: validation of the home Wi-Fi settings the device is given.
-- firmware_image: image roles, limits, pinned known images and validation (pure functions).
-- firmware_sources: where each image comes from (URLs, pins, release numbers, `redact_url`).
 - firmware_choice: the user's choice of Tasmota image (`FirmwareChoice`, `FirmwareSource`).
-- firmware_errors: why an image could not be handed out (`FirmwareErrorCode`, errors).
+- firmware_sources: where each image comes from (URLs, pins, release numbers, `redact_url`).
 - firmware_download: `FirmwareDownloader`, one image into memory (cap, timeouts, single-flight).
+- firmware_image: image roles, limits, pinned known images and validation (pure functions).
 - firmware_cache: `FirmwareCache`, verified images on disk by sha256 and the URL index.
+- firmware_errors: why an image could not be handed out (`FirmwareErrorCode`, errors).
 - firmware_store: `FirmwareStore`, the policy: which source, fallback and check per image.
 - flash_stages: the flash as a state machine (`Stage`, `FlashTracker`) every path reports to.
 
@@ -52,6 +52,7 @@ Handing the flashed device to Home Assistant's Tasmota integration
 - tasmota_handoff_types: what the hand-off is given and gives back (settings, result, errors).
 - tasmota_mqtt_feed: the hand-off's MQTT side (subscriptions, `DiscoveryFeed`, what it told).
 - tasmota_handoff: from Tasmota's first boot to its MQTT discovery, both paths' last step.
+- tasmota_releases: the newest Tasmota release (number, notes page) and a build's OTA URL.
 - tasmota_upgrade_stages: a lite → full upgrade as a state machine (`UpgradeTracker`, errors).
 - tasmota_upgrade: `TasmotaUpgrade`, lite → full with Tasmota's own OTA over MQTT.
 """
