@@ -23,7 +23,7 @@ import pytest
 
 from custom_components.sonoff_ota.handoff_run import HandoffRun
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker, Stage
-from custom_components.sonoff_ota.proto.tasmota_handoff import (
+from custom_components.sonoff_ota.proto.tasmota_handoff_types import (
     EwelinkIdentity,
     HandoffError,
     HandoffErrorCode,

@@ -6,7 +6,7 @@
   keep nothing and leave no task behind; the server sees the connection closed.
 - Cache: the tests run as root, so a read-only directory (chmod) does not stop a
   write, and a small full filesystem would need a mount. The write error is
-  therefore injected where the store writes (`firmware_store._write_atomic`
+  therefore injected where the store writes (`firmware_cache._write_atomic`
   raises `OSError(ENOSPC)` / `OSError(EROFS)`, exactly what the kernel returns);
   one case is real: the cache's `images` path is a regular file, so every write
   fails with the kernel's own NotADirectoryError. The flash must then work from
@@ -31,14 +31,14 @@ from homeassistant.data_entry_flow import FlowResultType
 import pytest
 
 from custom_components.sonoff_ota.const import DOMAIN
-from custom_components.sonoff_ota.proto import firmware_store
-from custom_components.sonoff_ota.proto.firmware_image import ImageRole
-from custom_components.sonoff_ota.proto.firmware_store import (
+from custom_components.sonoff_ota.proto import firmware_cache
+from custom_components.sonoff_ota.proto.firmware_errors import (
     FirmwareErrorCode,
-    FirmwareSources,
-    FirmwareStore,
     FirmwareUnavailableError,
 )
+from custom_components.sonoff_ota.proto.firmware_image import ImageRole
+from custom_components.sonoff_ota.proto.firmware_sources import FirmwareSources
+from custom_components.sonoff_ota.proto.firmware_store import FirmwareStore
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, get_settings
 from tests.harness import LOOPBACK, confirm_and_flash, discover, diy_device, flashed, submit
 from tests.leak_check import our_tasks, snapshot
@@ -139,7 +139,7 @@ async def test_stalled_download_times_out_and_keeps_nothing(
         assert caught.value.code is FirmwareErrorCode.TIMEOUT
         assert caught.value.params["url"] == stall.url()
         assert int(caught.value.params["received"]) >= len(FIRST_BYTES)
-        assert store._flights == {}, "no download may still run"
+        assert store._downloader._flights == {}, "no download may still run"
         assert not our_tasks()
         assert await hass.async_add_executor_job(_listing, tmp_path) == []
 
@@ -174,7 +174,7 @@ async def test_unwritable_cache_serves_from_memory(
     def refuse(dest: Path, data: bytes) -> None:
         raise OSError(code, os.strerror(code), str(dest))
 
-    monkeypatch.setattr(firmware_store, "_write_atomic", refuse)
+    monkeypatch.setattr(firmware_cache, "_write_atomic", refuse)
     image = tasmota_lite(470_000)
     async with firmware_server({"t.bin": image}) as server, aiohttp.ClientSession() as session:
         store = FirmwareStore(tmp_path, session, hass.async_add_executor_job)
@@ -252,7 +252,7 @@ async def test_flash_works_when_the_cache_cannot_be_written(
     def refuse(dest: Path, data: bytes) -> None:
         raise OSError(code, os.strerror(code), str(dest))
 
-    monkeypatch.setattr(firmware_store, "_write_atomic", refuse)
+    monkeypatch.setattr(firmware_cache, "_write_atomic", refuse)
     caplog.set_level(logging.WARNING)
     async with diy_device(hass) as (device, firmware):
         result = await discover(hass, device)

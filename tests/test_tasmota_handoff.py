@@ -29,11 +29,11 @@ from pytest_homeassistant_custom_component.common import (
 
 from custom_components.sonoff_ota.const import DOMAIN
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker, Stage
-from custom_components.sonoff_ota.proto.tasmota_handoff import (
+from custom_components.sonoff_ota.proto.tasmota_handoff import TasmotaHandoff
+from custom_components.sonoff_ota.proto.tasmota_handoff_types import (
     ConfiguredBy,
     EwelinkIdentity,
     HandoffTimeouts,
-    TasmotaHandoff,
     WifiSettings,
 )
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts, get_settings

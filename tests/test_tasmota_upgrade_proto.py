@@ -17,24 +17,22 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from custom_components.sonoff_ota.proto.tasmota_handoff import (
-    ConfiguredBy,
-    DiscoveryFeed,
-    HandoffResult,
-    Publish,
-)
+from custom_components.sonoff_ota.proto.tasmota_handoff_types import ConfiguredBy, HandoffResult
+from custom_components.sonoff_ota.proto.tasmota_mqtt_feed import DiscoveryFeed, Publish
 from custom_components.sonoff_ota.proto.tasmota_upgrade import (
     TasmotaBuild,
     TasmotaUpgrade,
-    UpgradeError,
-    UpgradeErrorCode,
     UpgradeResult,
-    UpgradeStage,
     UpgradeTarget,
-    UpgradeTracker,
     UrlCheck,
     check_ota_url,
     minimal_url,
+)
+from custom_components.sonoff_ota.proto.tasmota_upgrade_stages import (
+    UpgradeError,
+    UpgradeErrorCode,
+    UpgradeStage,
+    UpgradeTracker,
 )
 from tests.proto.firmware_server import firmware_server
 from virtual_sonoff.images import make_image, tasmota_lite

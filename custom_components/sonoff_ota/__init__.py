@@ -19,7 +19,7 @@ from .flash_recovery import async_recover
 from .handoff_run import HandoffRun
 from .issues import async_track_mqtt
 from .known_devices import async_adopt_pending_devices, signal_devices_updated
-from .proto.tasmota_handoff import EwelinkIdentity
+from .proto.tasmota_handoff_types import EwelinkIdentity
 from .proto.wifi import WifiSettings
 from .services import async_setup_services
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config

@@ -49,10 +49,11 @@ from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_devices
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_store import FirmwareChoice, FirmwareError
+from .proto.firmware_choice import FirmwareChoice
+from .proto.firmware_errors import FirmwareError
 from .proto.flash_batch import run_isolated
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_handoff import AmbiguousDeviceError, HandoffError
+from .proto.tasmota_handoff_types import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
 from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
 

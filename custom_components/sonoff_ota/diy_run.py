@@ -24,8 +24,10 @@ from .flash_server import FlashServer, async_get_flash_server
 from .issues import RestartState, async_delete_restart_issue, restart_state
 from .proto.diy_client import DiyClient, DiyInfo
 from .proto.diy_flasher import IMAGE_NAME, DiyFlasher, DiyFlashError, DiyJob, DiyTimeouts
+from .proto.firmware_cache import StoredImage
+from .proto.firmware_choice import FirmwareChoice
+from .proto.firmware_download import ProgressCallback
 from .proto.firmware_image import ImageRole
-from .proto.firmware_store import FirmwareChoice, ProgressCallback, StoredImage
 from .proto.flash_stages import FlashPath, FlashTracker
 
 _LOGGER = logging.getLogger(__name__)

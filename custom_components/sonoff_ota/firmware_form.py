@@ -32,18 +32,13 @@ from homeassistant.helpers.selector import (
 )
 import voluptuous as vol
 
+from .proto.firmware_cache import StoredImage
+from .proto.firmware_choice import FirmwareChoice, FirmwareSource
+from .proto.firmware_download import MAX_DOWNLOAD_BYTES
+from .proto.firmware_errors import FirmwareError, FirmwareErrorCode
 from .proto.firmware_image import ImageRole, IssueCode
-from .proto.firmware_store import (
-    MAX_DOWNLOAD_BYTES,
-    FirmwareChoice,
-    FirmwareError,
-    FirmwareErrorCode,
-    FirmwareSource,
-    FirmwareStore,
-    StoredImage,
-    normalize_tasmota_version,
-    redact_url,
-)
+from .proto.firmware_sources import normalize_tasmota_version, redact_url
+from .proto.firmware_store import FirmwareStore
 
 _LOGGER = logging.getLogger(__name__)
 

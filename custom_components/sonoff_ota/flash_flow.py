@@ -36,13 +36,13 @@ from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
 from .known_devices import async_remember_run
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_store import FirmwareError
+from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_ap import SetupApError
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
 from .proto.setup_mode_wifi import DETAIL
 from .proto.tasmota_discovery import TasmotaDevice
-from .proto.tasmota_handoff import AmbiguousDeviceError, EwelinkIdentity, HandoffError
+from .proto.tasmota_handoff_types import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings
 from .setup_mode_run import SetupModeRun
 from .tasmota_link import (

@@ -48,9 +48,9 @@ from .issues import (
 from .known_devices import DeviceRecord, async_mark_flashed, get_entry
 from .listeners import PortInUseError
 from .proto.diy_client import DiyClient, DiyError
-from .proto.firmware_store import FirmwareError
+from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
-from .proto.tasmota_handoff import EwelinkIdentity
+from .proto.tasmota_handoff_types import EwelinkIdentity
 from .proto.wifi import WifiSettings
 from .settings import get_settings
 from .setup_mode_run import SetupModeRun

@@ -27,7 +27,8 @@ from homeassistant.util.hass_dict import HassKey
 from .const import DOMAIN
 from .listeners import PrivateListener
 from .proto.fake_cloud import FakeCloud
-from .proto.firmware_store import FirmwareSources, FirmwareStore
+from .proto.firmware_sources import FirmwareSources
+from .proto.firmware_store import FirmwareStore
 from .proto.flash_stages import FlashTracker
 from .proto.image_server import ImageServer, Pacing
 from .proto.legacy_tls import TlsHandshakeObserver, ensure_cert_files, legacy_server_context

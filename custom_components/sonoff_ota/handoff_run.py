@@ -17,13 +17,12 @@ from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
 from .proto.flash_stages import FlashTracker
 from .proto.tasmota_discovery import TasmotaDevice
-from .proto.tasmota_handoff import (
+from .proto.tasmota_handoff import TasmotaApHop, TasmotaHandoff
+from .proto.tasmota_handoff_types import (
     ConfiguredBy,
     EwelinkIdentity,
     HandoffResult,
     HandoffTimeouts,
-    TasmotaApHop,
-    TasmotaHandoff,
     WifiSettings as TasmotaWifi,
 )
 from .proto.wifi import WifiSettings

@@ -24,7 +24,8 @@ from homeassistant.helpers.selector import (
 import voluptuous as vol
 
 from .proto.tasmota_releases import LANGUAGES, BuildChoice
-from .proto.tasmota_upgrade import UpgradeError, check_ota_url
+from .proto.tasmota_upgrade import check_ota_url
+from .proto.tasmota_upgrade_stages import UpgradeError
 
 OPT_BUILD: Final = "build"
 OPT_LANGUAGE: Final = "language"

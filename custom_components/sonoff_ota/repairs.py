@@ -40,7 +40,7 @@ from .issues import (
 from .listeners import async_check_port_free
 from .proto.flash_stages import FlashTracker
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
-from .proto.tasmota_handoff import HandoffError
+from .proto.tasmota_handoff_types import HandoffError
 from .tasmota_link import MqttUnavailableError
 
 _LOGGER = logging.getLogger(__name__)

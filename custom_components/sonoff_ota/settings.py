@@ -36,7 +36,7 @@ from homeassistant.util.hass_dict import HassKey
 import voluptuous as vol
 
 from .const import DOMAIN
-from .proto.firmware_store import FirmwareSources
+from .proto.firmware_sources import FirmwareSources
 
 SETTINGS_KEY: Final[HassKey[Settings]] = HassKey(f"{DOMAIN}_settings")
 
@@ -88,7 +88,7 @@ class Settings:
     serve_from_ha: bool = True
     """Serve DIY downloads from HA's own server when it is plain HTTP."""
     firmware: dict[str, str] = field(default_factory=dict)
-    """Overrides of firmware source URLs (see proto.firmware_store.FirmwareSources)."""
+    """Overrides of firmware source URLs (see proto.firmware_sources.FirmwareSources)."""
     wifi_hop: str = "auto"
     """Who moves the host's Wi-Fi: auto, networkmanager, supervisor or manual."""
     nm_bus_address: str | None = None

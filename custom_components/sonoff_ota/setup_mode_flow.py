@@ -38,8 +38,8 @@ from .flash_server import async_get_flash_server
 from .host_wifi_run import async_prepare_hop
 from .issues import async_update_port_issue
 from .known_devices import async_remember_run
+from .proto.firmware_cache import StoredImage
 from .proto.firmware_image import ImageRole
-from .proto.firmware_store import StoredImage
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi_types import HopError, HopErrorCode
 from .proto.setup_mode_wifi import (

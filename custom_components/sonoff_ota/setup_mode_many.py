@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import enum
 
-from .proto.firmware_store import StoredImage
+from .proto.firmware_cache import StoredImage
 from .proto.host_wifi_targets import ITEAD_SSID_PREFIX
 
 

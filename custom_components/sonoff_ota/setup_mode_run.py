@@ -29,14 +29,10 @@ from .flash_journal import (
 from .flash_server import FlashServer, async_get_flash_server
 from .issues import async_delete_restart_issue
 from .listeners import PortInUseError, async_check_port_free
-from .proto.firmware_store import (
-    FirmwareChoice,
-    FirmwareErrorCode,
-    FirmwareUnavailableError,
-    ProgressCallback,
-    StoredImage,
-    _read_if_intact,
-)
+from .proto.firmware_cache import StoredImage, read_if_intact
+from .proto.firmware_choice import FirmwareChoice
+from .proto.firmware_download import ProgressCallback
+from .proto.firmware_errors import FirmwareErrorCode, FirmwareUnavailableError
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi_hop import WifiHop
 from .proto.host_wifi_types import HopBackend
@@ -240,7 +236,7 @@ class SetupModeRun:
             image = record.images.get(name)
             found = (
                 await hass.async_add_executor_job(
-                    _read_if_intact, Path(image.cache_path), image.sha256
+                    read_if_intact, Path(image.cache_path), image.sha256
                 )
                 if image is not None and image.cache_path
                 else None

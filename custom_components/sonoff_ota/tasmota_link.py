@@ -28,7 +28,8 @@ from homeassistant.helpers import device_registry as dr, issue_registry as ir
 
 from .const import DOMAIN
 from .proto.tasmota_discovery import DEFAULT_DISCOVERY_PREFIX, ha_mac
-from .proto.tasmota_handoff import SUBSCRIPTIONS, DeviceMqttSettings, DiscoveryFeed, Publish
+from .proto.tasmota_handoff_types import DeviceMqttSettings
+from .proto.tasmota_mqtt_feed import SUBSCRIPTIONS, DiscoveryFeed, Publish
 from .proto.tasmota_settings import DEFAULT_MQTT_PORT, device_broker_host
 from .settings import get_settings
 
@@ -246,7 +247,7 @@ def _on_subscribe_done(
 
 
 def mqtt_publisher(hass: HomeAssistant) -> Publish:
-    """`publish(topic, payload)` through HA's MQTT (for `upgrade_to_full`)."""
+    """`publish(topic, payload)` through HA's MQTT (for the Tasmota upgrade)."""
 
     async def publish(topic: str, payload: str) -> None:
         from homeassistant.components import mqtt  # noqa: PLC0415

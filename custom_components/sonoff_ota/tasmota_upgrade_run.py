@@ -27,16 +27,16 @@ from homeassistant.util.hass_dict import HassKey
 from .const import DOMAIN
 from .options_flow import OPT_BUILD, OPT_CUSTOM_URL, OPT_LANGUAGE, options_with_defaults
 from .proto import tasmota_releases
-from .proto.tasmota_handoff import DiscoveryFeed
+from .proto.tasmota_mqtt_feed import DiscoveryFeed
 from .proto.tasmota_releases import TargetBuild, TasmotaRelease, target_build
 from .proto.tasmota_upgrade import (
     TasmotaBuild,
     TasmotaUpgrade,
     UpgradeResult,
     UpgradeTarget,
-    UpgradeTracker,
     UrlCheck,
 )
+from .proto.tasmota_upgrade_stages import UpgradeTracker
 from .settings import get_settings
 from .tasmota_link import SUBSCRIBE_WAIT, _on_subscribe_done, mqtt_publisher
 

@@ -35,7 +35,7 @@ from .const import DOMAIN, PATH_DIY
 from .device_entity import SonoffDeviceEntity, async_add_device_entities
 from .known_devices import DeviceRecord, get_devices, signal_devices_updated
 from .options_flow import OPT_ALL_TASMOTA, options_with_defaults
-from .proto.firmware_store import FirmwareChoice
+from .proto.firmware_choice import FirmwareChoice
 from .proto.tasmota_discovery import (
     InvalidMacError,
     TasmotaDevice,
@@ -45,13 +45,8 @@ from .proto.tasmota_discovery import (
     tasmota_mac,
 )
 from .proto.tasmota_releases import RELEASES_PAGE, TasmotaRelease
-from .proto.tasmota_upgrade import (
-    TasmotaBuild,
-    UpgradeError,
-    UpgradeErrorCode,
-    UpgradeTarget,
-    UpgradeTracker,
-)
+from .proto.tasmota_upgrade import TasmotaBuild, UpgradeTarget
+from .proto.tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeTracker
 from .tasmota_link import TASMOTA_DOMAIN
 from .tasmota_upgrade_run import async_latest_release, async_run_upgrade, chosen_build
 

@@ -13,8 +13,9 @@ from typing import Final
 from aiohttp import web
 from homeassistant.helpers.http import HomeAssistantView
 
+from .proto.diy_ota_result import OTA_RESULT_PATH
 from .proto.fake_cloud import FakeCloud
-from .proto.image_server import FIXED_PREFIX, OTA_RESULT_PATH, ImageServer
+from .proto.image_server import FIXED_PREFIX, ImageServer
 
 IMAGE_PREFIX: Final = "/api/sonoff_ota/fw"
 """Where per-flash images live: `<prefix>/<token>/<name>` (the token is the access control)."""

@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 from custom_components.sonoff_ota.flash_server import FlashServer, async_get_flash_server
 from custom_components.sonoff_ota.proto.diy_client import DiyClient, DiyError
 from custom_components.sonoff_ota.proto.diy_discovery import DiyAdvertError, parse_advert
-from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind, UpgradeOffer
+from custom_components.sonoff_ota.proto.ewelink_messages import UpgradeOffer
+from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind
 from custom_components.sonoff_ota.proto.image_server import (
     ARDUINO_FILE,
     USER1_FILE,

@@ -17,7 +17,7 @@ from homeassistant.core import HomeAssistant
 from hypothesis import strategies as st
 import pytest
 
-from custom_components.sonoff_ota.proto.tasmota_handoff import DiscoveryFeed
+from custom_components.sonoff_ota.proto.tasmota_mqtt_feed import DiscoveryFeed
 from custom_components.sonoff_ota.tasmota_link import async_discovery_feed
 
 from .driver import CrashError, drive, watching_logs

@@ -13,8 +13,9 @@ from aiohttp import web
 import pytest
 
 from custom_components.sonoff_ota.proto.diy_client import DiyClient, DiyError, DiyErrorCode
+from custom_components.sonoff_ota.proto.diy_ota_result import OTA_RESULT_PATH
 from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind, FakeCloud
-from custom_components.sonoff_ota.proto.image_server import OTA_RESULT_PATH, ImageServer
+from custom_components.sonoff_ota.proto.image_server import ImageServer
 from custom_components.sonoff_ota.proto.tasmota_client import (
     TasmotaClient,
     TasmotaError,

@@ -16,9 +16,8 @@ from custom_components.sonoff_ota.proto.diy_client import (
     DiyClient,
     DiyError,
     DiyErrorCode,
-    FlashResult,
-    flash_result,
 )
+from custom_components.sonoff_ota.proto.diy_ota_result import FlashResult, flash_result
 
 from .diy_fake_device import (
     Action,

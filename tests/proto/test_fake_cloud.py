@@ -23,12 +23,12 @@ import aiohttp
 from aiohttp import web
 import pytest
 
+from custom_components.sonoff_ota.proto.ewelink_messages import UpgradeOffer
 from custom_components.sonoff_ota.proto.fake_cloud import (
     CloudEvent,
     CloudEventKind,
     FakeCloud,
     PacingPolicy,
-    UpgradeOffer,
 )
 from custom_components.sonoff_ota.proto.image_server import ImageServer
 from custom_components.sonoff_ota.proto.legacy_tls import (

@@ -19,19 +19,20 @@ import aiohttp
 from homeassistant.core import HomeAssistant
 import pytest
 
-from custom_components.sonoff_ota.proto.firmware_image import ImageRole, IssueCode
-from custom_components.sonoff_ota.proto.firmware_store import (
-    FirmwareChoice,
+from custom_components.sonoff_ota.proto.firmware_cache import StoredImage
+from custom_components.sonoff_ota.proto.firmware_choice import FirmwareChoice, FirmwareSource
+from custom_components.sonoff_ota.proto.firmware_errors import (
     FirmwareErrorCode,
     FirmwareInvalidError,
-    FirmwareSource,
-    FirmwareSources,
-    FirmwareStore,
     FirmwareUnavailableError,
-    StoredImage,
+)
+from custom_components.sonoff_ota.proto.firmware_image import ImageRole, IssueCode
+from custom_components.sonoff_ota.proto.firmware_sources import (
+    FirmwareSources,
     normalize_tasmota_version,
     redact_url,
 )
+from custom_components.sonoff_ota.proto.firmware_store import FirmwareStore
 from virtual_sonoff.images import (
     FLASH_MODE_DIO,
     MAGIC_V2,
@@ -386,7 +387,7 @@ async def test_concurrent_gets_download_once(
             try:
                 async with asyncio.timeout(5):
                     # Hold the response until both callers wait on the same flight.
-                    while sum(f.waiters for f in store._flights.values()) < 2:  # noqa: ASYNC110
+                    while sum(f.waiters for f in store._downloader._flights.values()) < 2:  # noqa: ASYNC110
                         await asyncio.sleep(0.005)
                 server.gate.set()
                 results: list[StoredImage] = list(await asyncio.gather(first, second))

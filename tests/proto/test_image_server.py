@@ -16,14 +16,13 @@ import aiohttp
 from aiohttp import web
 import pytest
 
+from custom_components.sonoff_ota.proto.http_range import ByteRange, parse_range
 from custom_components.sonoff_ota.proto.image_server import (
-    ByteRange,
     ImageEvent,
     ImageEventKind,
     ImageServer,
     Pacing,
     ServedSet,
-    parse_range,
 )
 from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite
 

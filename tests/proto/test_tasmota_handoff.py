@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-import gzip
 import json
 from pathlib import Path
 import re
@@ -21,28 +20,28 @@ import aiohttp
 import pytest
 
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker, Stage
-from custom_components.sonoff_ota.proto.tasmota_handoff import (
+from custom_components.sonoff_ota.proto.tasmota_handoff import TasmotaHandoff
+from custom_components.sonoff_ota.proto.tasmota_handoff_types import (
     DETAIL_CONFIGURED_BY,
     DETAIL_PHONE_LINK,
     DETAIL_SSID,
-    DISCOVERY_SUBSCRIPTION,
-    LWT_SUBSCRIPTION,
     AmbiguousDeviceError,
     ConfiguredBy,
     DeviceMqttSettings,
-    DiscoveryFeed,
     EwelinkIdentity,
     HandoffError,
     HandoffErrorCode,
     HandoffResult,
     HandoffTimeouts,
-    TasmotaHandoff,
     WifiSettings,
-    upgrade_to_full,
+)
+from custom_components.sonoff_ota.proto.tasmota_mqtt_feed import (
+    DISCOVERY_SUBSCRIPTION,
+    LWT_SUBSCRIPTION,
+    DiscoveryFeed,
 )
 from custom_components.sonoff_ota.proto.tasmota_settings import TasmotaSettingsError
 from tests.harness import LOOPBACK, free_port
-from tests.proto.firmware_server import firmware_server
 from virtual_sonoff.images import tasmota_lite
 from virtual_sonoff.mosquitto import MosquittoBroker
 from virtual_sonoff.mqtt_client import MqttClient, MqttMessage
@@ -197,42 +196,6 @@ async def test_ap_backlog_brings_device_to_broker_and_discovery(
     # The AP answered at once: the password-bearing link was never needed.
     assert all(DETAIL_PHONE_LINK not in seen for seen in details_seen)
     assert "secret" not in repr(handoff)
-
-
-@pytest.mark.mosquitto
-async def test_lite_to_full_upgrade_over_mqtt(
-    broker: MosquittoBroker, session: aiohttp.ClientSession
-) -> None:
-    full = tasmota_lite(8192)
-    async with (
-        firmware_server({"tasmota.bin.gz": gzip.compress(full)}) as files,
-        VirtualTasmota(tasmota_lite(4096), mac=MAC, full_version="15.0.0(tasmota)") as device,
-        broker_feed(broker) as feed,
-        MqttClient(broker.host, broker.port, client_id="ha-publisher") as publisher,
-    ):
-        handoff = make_handoff(
-            session,
-            tracker(),
-            feed,
-            ap_url=f"http://{LOOPBACK}:{device.ap_port}",
-            mqtt=DeviceMqttSettings(broker.host, broker.port),
-        )
-        result = await handoff.run()
-        assert result.sw == "14.4.1"
-
-        async def publish(topic: str, payload: str) -> None:
-            await publisher.publish(topic, payload)
-
-        upgrade = await upgrade_to_full(
-            publish, feed, result, files.url("tasmota.bin.gz"), within=5.0
-        )
-        assert (upgrade.sw_before, upgrade.sw_after, upgrade.version_changed) == (
-            "14.4.1",
-            "15.0.0",
-            True,
-        )
-        assert device.ota_images == [full]
-        assert device.commands[-2:] == [f"OtaUrl {files.url('tasmota.bin.gz')}", "Upgrade 1"]
 
 
 # ------------------------------------------------------------ errors on the AP

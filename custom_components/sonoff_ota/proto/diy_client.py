@@ -1,8 +1,8 @@
 """Client for the eWeLink DIY-mode REST API (`POST :8081/zeroconf/<path>`).
 
 Facts: shared/spec/diy-ota-and-tasmota.md §1.4 (envelope and transport), §1.5-§1.7
-(endpoints, /info fields, error codes, the result callback), §1.8 (URL and sha256
-rules) and §5 items 2-4, 8, 9.
+(endpoints, /info fields, error codes; the result callback is `diy_ota_result`),
+§1.8 (URL and sha256 rules) and §5 items 2-4, 8, 9.
 
 Transport rules this module enforces:
 - one connection at a time (a lock) with `Connection: close`, and a minimum pause
@@ -93,32 +93,6 @@ DEVICE_ERRORS: dict[int, tuple[DiyErrorCode, str]] = {
     ),
     471: (DiyErrorCode.SHA256_MISMATCH, "the image does not match its sha256"),
 }
-
-
-class FlashResult(enum.StrEnum):
-    """Keys for the `error` in the device's `POST /api/device/otaFlash` callback."""
-
-    DONE = "done"
-    DOWNLOAD_FAILED = "download_failed"
-    UPGRADE_MESSAGE_ERROR = "upgrade_message_error"
-    CHECK_FAILED = "check_failed"
-    DEVICE_INTERNAL_ERROR = "device_internal_error"
-    UNKNOWN = "unknown"
-
-
-# Undocumented callback codes as the official tool reads them (spec §1.7, [ITD tcp_server.py]).
-FLASH_RESULTS: dict[int, FlashResult] = {
-    0: FlashResult.DONE,
-    404: FlashResult.DOWNLOAD_FAILED,
-    406: FlashResult.UPGRADE_MESSAGE_ERROR,
-    409: FlashResult.CHECK_FAILED,
-    410: FlashResult.DEVICE_INTERNAL_ERROR,
-}
-
-
-def flash_result(error: int) -> FlashResult:
-    """Map the callback's `error` code to a key (`unknown` for anything else)."""
-    return FLASH_RESULTS.get(error, FlashResult.UNKNOWN)
 
 
 class DiyError(Exception):

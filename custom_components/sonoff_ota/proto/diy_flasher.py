@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import logging
 from typing import Final
 
-from .diy_client import DiyClient, DiyError, DiyErrorCode, DiyInfo, FlashResult, flash_result
+from .diy_client import DiyClient, DiyError, DiyErrorCode, DiyInfo
 from .diy_discovery import check_eligibility
+from .diy_ota_result import FlashResult, flash_result
 from .flash_stages import FlashTracker, Stage
 from .image_server import ImageEventKind, ImageServer, ServedSet
 

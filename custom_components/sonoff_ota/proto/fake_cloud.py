@@ -1,4 +1,4 @@
-"""The fake eWeLink cloud: HTTPS `/dispatch/device` and the WebSocket `/api/ws` (stage 2).
+"""The fake eWeLink cloud: the HTTPS `/dispatch/device` and WebSocket `/api/ws` server (stage 2).
 
 Facts (shared/spec/setup-mode-ota.md §6.2, §6.3, §13.2-§13.5):
 - dispatch: never require headers or body fields; reply
@@ -14,7 +14,8 @@ Facts (shared/spec/setup-mode-ota.md §6.2, §6.3, §13.2-§13.5):
   verification failed; the device reconnects and redoes register, so re-offering is idempotent,
   and after a 404 the caller's `PacingPolicy` may switch to the paced variant (SonOTA's slowstream).
 
-Plain aiohttp handlers and per-device state; Home Assistant mounts them as views.
+The messages themselves are in `ewelink_messages`. Plain aiohttp handlers and per-device
+state; Home Assistant mounts them as views.
 Apikeys (device and server) never appear in logs or reprs.
 """
 
@@ -23,30 +24,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-import datetime
 import enum
 import ipaddress
 import itertools
 import json
 import logging
-import re
 import time
-from typing import Any, Final
+from typing import Any
 import uuid
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .image_server import USER1_FILE, USER2_FILE, ServedSet
+from .ewelink_messages import (
+    DEFAULT_MODEL,
+    HEARTBEAT_CONFIG,
+    UpgradeOffer,
+    dispatch_reply,
+    int_field,
+    str_field,
+    upgrade_message,
+    utc_timestamp,
+)
 from .legacy_tls import TlsHandshakeObserver
 
 _LOGGER = logging.getLogger(__name__)
-
-DEFAULT_MODEL: Final = "ITA-GZ1-GL"
-"""SonOTA's default model when register did not say (spec §6.3)."""
-UPGRADE_VERSION: Final = "23.42.5"
-"""`params.version`: said to have no effect, so a high value (spec §6.3)."""
-HEARTBEAT_CONFIG: Final = {"hb": 1, "hbInterval": 145}
-_DIGEST_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 
 
 class PacingPolicy(enum.StrEnum):
@@ -56,49 +57,6 @@ class PacingPolicy(enum.StrEnum):
     AFTER_404 = "after_404"
     """Like SonOTA: switch to the paced variant once the device acked 404 (spec §6.3)."""
     ALWAYS = "always"
-
-
-@dataclass(frozen=True, slots=True)
-class UpgradeOffer:
-    """The two intermediate images a device is offered (URLs plus lowercase sha256 hex)."""
-
-    user1_url: str
-    user1_digest: str
-    user2_url: str
-    user2_digest: str
-    version: str = UPGRADE_VERSION
-
-    def __post_init__(self) -> None:
-        """Reject digests the firmware would refuse (uppercase or wrong length)."""
-        for digest in (self.user1_digest, self.user2_digest):
-            if not _DIGEST_RE.match(digest):
-                raise ValueError("digests must be 64 lowercase hex characters")
-
-    @classmethod
-    def from_served_set(
-        cls,
-        served: ServedSet,
-        base_url: str,
-        *,
-        paced: bool = False,
-        user1_name: str = USER1_FILE,
-        user2_name: str = USER2_FILE,
-    ) -> UpgradeOffer:
-        """Build the offer for a served set; `base_url` is `http://<LAN IP>:<port>` (no slash)."""
-        base = base_url.rstrip("/")
-        return cls(
-            user1_url=base + served.url_path(user1_name, paced=paced),
-            user1_digest=served.digest(user1_name),
-            user2_url=base + served.url_path(user2_name, paced=paced),
-            user2_digest=served.digest(user2_name),
-        )
-
-    def bin_list(self) -> list[dict[str, str]]:
-        """`params.binList` as the firmware expects it (spec §6.3)."""
-        return [
-            {"downloadUrl": self.user1_url, "digest": self.user1_digest, "name": "user1.bin"},
-            {"downloadUrl": self.user2_url, "digest": self.user2_digest, "name": "user2.bin"},
-        ]
 
 
 class CloudEventKind(enum.StrEnum):
@@ -237,30 +195,6 @@ class _Connection:
 CloudListener = Callable[[CloudEvent], None]
 
 
-def _utc_timestamp() -> str:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC (spec §6.3: SonOTA's local-time variant was wrong)."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def _str_field(payload: dict[str, Any], key: str) -> str | None:
-    value = payload.get(key)
-    return value if isinstance(value, str) and value else None
-
-
-def _int_field(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:  # "²" passes isdigit(), 5000 digits pass the grammar
-            return None
-    return None
-
-
 class FakeCloud:
     """Registry of expected devices plus the dispatch and WebSocket handlers.
 
@@ -366,10 +300,10 @@ class FakeCloud:
             decoded = {}
         if isinstance(decoded, dict):
             payload = decoded
-        deviceid = _str_field(payload, "deviceid")
+        deviceid = str_field(payload, "deviceid")
         deviceid = deviceid.lower() if deviceid else None
-        model = _str_field(payload, "model")
-        rom_version = _str_field(payload, "romVersion")
+        model = str_field(payload, "model")
+        rom_version = str_field(payload, "romVersion")
         session = self.sessions.get(deviceid) if deviceid else None
         if session is not None:
             session.dispatches += 1
@@ -378,12 +312,7 @@ class FakeCloud:
         _LOGGER.debug("Dispatch from %s (model %s, romVersion %s)", deviceid, model, rom_version)
         self._emit(CloudEventKind.DISPATCHED, deviceid, model=model, rom_version=rom_version)
         return web.json_response(
-            {
-                "error": 0,
-                "reason": "ok",
-                "IP": self._advertised_ip_for(request),
-                "port": self.advertise_port,
-            }
+            dispatch_reply(self._advertised_ip_for(request), self.advertise_port)
         )
 
     def _advertised_ip_for(self, request: web.Request) -> str:
@@ -448,7 +377,7 @@ class FakeCloud:
         self, ws: web.WebSocketResponse, conn: _Connection, payload: dict[str, Any]
     ) -> None:
         action: str = payload["action"]
-        deviceid = _str_field(payload, "deviceid")
+        deviceid = str_field(payload, "deviceid")
         if deviceid is not None and conn.deviceid is None:
             conn.deviceid = deviceid.lower()
             session = self.sessions.get(conn.deviceid)
@@ -464,7 +393,7 @@ class FakeCloud:
             reply["apikey"] = conn.server_apikey  # may have been re-drawn
             reply["config"] = dict(HEARTBEAT_CONFIG)
         elif action == "date":
-            reply["date"] = _utc_timestamp()
+            reply["date"] = utc_timestamp()
         elif action == "query":
             reply["params"] = 0
         elif action == "update":
@@ -483,8 +412,8 @@ class FakeCloud:
         if payload.get("apikey") == conn.server_apikey:
             # The device must get a key that is not its own (spec §6.3).
             conn.server_apikey = str(uuid.uuid4())
-        model = _str_field(payload, "model")
-        rom_version = _str_field(payload, "romVersion")
+        model = str_field(payload, "model")
+        rom_version = str_field(payload, "romVersion")
         conn.model = model
         session = self.sessions.get(conn.deviceid) if conn.deviceid else None
         if session is not None:
@@ -509,15 +438,7 @@ class FakeCloud:
         sequence = self._next_sequence()
         conn.upgrade_sequence = sequence
         model = conn.model or session.model or DEFAULT_MODEL
-        message = {
-            "action": "upgrade",
-            "deviceid": session.deviceid,
-            "apikey": conn.server_apikey,
-            "userAgent": "app",
-            "sequence": sequence,
-            "ts": 0,
-            "params": {"binList": offer.bin_list(), "model": model, "version": offer.version},
-        }
+        message = upgrade_message(session.deviceid, conn.server_apikey, sequence, offer, model)
         await ws.send_str(json.dumps(message))
         session.upgrades_sent += 1
         _LOGGER.debug("Sent upgrade to %s (paced: %s)", session.deviceid, paced)
@@ -531,7 +452,7 @@ class FakeCloud:
 
     def _on_ack(self, conn: _Connection, payload: dict[str, Any]) -> None:
         sequence = str(payload.get("sequence"))
-        error = _int_field(payload.get("error"))
+        error = int_field(payload.get("error"))
         if conn.upgrade_sequence is None or sequence != conn.upgrade_sequence:
             _LOGGER.debug("Ack for an unknown sequence (error %s)", error)
             return

@@ -1,18 +1,18 @@
-"""Firmware download server shared by the setup-mode and DIY paths, plus the DIY result callback.
+"""Firmware download server shared by the setup-mode and DIY paths.
 
 Facts this follows (shared/spec):
 - route on the path only; ignore the query string (`?deviceid&ts&sign`) and `Host: dl.itead.cn`
   (setup-mode-ota.md §6.5, diy-ota-and-tasmota.md §1.8);
 - `Range` → 206 with an exact `Content-Range: bytes a-b/total`, end clamped; whole GET → 200 with
   `Content-Length`; never chunked, never compressed (§13.6, DIY §1.8: the DIY firmware answers 424
-  without Range support);
+  without Range support); the header is parsed in `http_range`;
 - pacing (10 bytes, pause, then 1400-byte pieces) only for clients that did **not** send Range:
   pacing a Range client broke downloads at ~11 % (SonOTA #62, §6.5);
 - the intermediate image hard-codes `http://192.168.4.2:8080/ota/image_user2-0x81000.bin` and
   `/ota/image_arduino.bin` (HTTP/1.0, no Range, status must be exactly 200; §7), so a served set
   can also be mounted at `/ota/<name>` while a flash runs;
 - DIY devices POST their result to `/api/device/otaFlash` on the download host (DIY §1.7,
-  inferred host:port, unverified); always answer 200.
+  inferred host:port, unverified); always answer 200 (the body: `diy_ota_result`).
 
 Images are held in memory, once per served set: they are at most 512 KiB each (§13.8, DIY §1.8),
 the sha256 given to the device must be of the exact bytes served, and nothing then reads the disk
@@ -30,14 +30,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 import enum
 import hashlib
-import json
 import logging
-import re
 import secrets
 import time
 from typing import Final
 
 from aiohttp import web
+
+from .diy_ota_result import OTA_RESULT_PATH, OtaResult, parse_ota_result
+from .http_range import ByteRange, parse_range
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,11 +51,8 @@ USER2_FILE: Final = "image_user2-0x81000.bin"
 ARDUINO_FILE: Final = "image_arduino.bin"
 """The final image the intermediate image fetches from `/ota/` (spec §7)."""
 PACED_SEGMENT: Final = "paced"
-OTA_RESULT_PATH: Final = "/api/device/otaFlash"
 CONTENT_TYPE: Final = "application/octet-stream"
 TOKEN_BYTES: Final = 16
-
-_RANGE_RE: Final = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +76,6 @@ class ImageEventKind(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ByteRange:
-    """An inclusive byte range `start..end` of a file."""
-
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        """Number of bytes in the range."""
-        return self.end - self.start + 1
-
-
-@dataclass(frozen=True, slots=True)
 class FetchRecord:
     """One download request, as logged (no query strings: they may carry a signature)."""
 
@@ -104,20 +89,6 @@ class FetchRecord:
     """True when it came in on `/ota/<name>` (the intermediate image, i.e. FinalStage)."""
     paced: bool
     at: float
-
-
-@dataclass(frozen=True, slots=True)
-class OtaResult:
-    """The DIY device's `POST /api/device/otaFlash` report.
-
-    `error` is None when the body had no integer `error` (unparseable or missing). Codes per
-    DIY §1.7: 0 done, 404 download failed, 406 upgrade message error, 409 check failure,
-    410 device internal error.
-    """
-
-    error: int | None
-    deviceid: str | None
-    peer: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,37 +223,6 @@ class ServedSet:
 
 
 ImageListener = Callable[[ServedSet, ImageEvent], None]
-
-
-def parse_range(header: str, size: int) -> ByteRange | None:
-    """Parse a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range against `size`.
-
-    Returns the clamped range; raises ValueError when unsatisfiable or malformed.
-    """
-    match = _RANGE_RE.match(header)
-    if match is None:
-        raise ValueError("malformed or multi-range header")
-    first, last = match.group(1), match.group(2)
-    if not first and not last:
-        raise ValueError("empty range")
-    if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise ValueError("unsatisfiable suffix range")
-        return ByteRange(max(size - suffix, 0), size - 1)
-    start = int(first)
-    end = int(last) if last else size - 1
-    if start >= size or end < start:
-        raise ValueError("unsatisfiable range")
-    return ByteRange(start, min(end, size - 1))
-
-
-def _int_or_none(text: str) -> int | None:
-    """`int(text)`, or None for anything `int` refuses ("²", "--1", 5000 digits)."""
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 class ImageServer:
@@ -563,30 +503,10 @@ class ImageServer:
         address, else to the set this peer downloaded from most recently.
         """
         raw = await request.read()  # bounded by the app's client_max_size
-        payload: object = None
-        try:
-            payload = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError) as err:
-            # ValueError also covers UnicodeDecodeError and numbers longer than Python's
-            # int conversion limit; RecursionError is JSON nested deeper than the stack.
-            _LOGGER.warning(
-                "otaFlash callback with a body that is not JSON (%s)", type(err).__name__
-            )
-        error: int | None = None
-        deviceid: str | None = None
-        if isinstance(payload, dict):
-            raw_error = payload.get("error")
-            if isinstance(raw_error, int) and not isinstance(raw_error, bool):
-                error = raw_error
-            elif isinstance(raw_error, str):
-                error = _int_or_none(raw_error)
-            raw_id = payload.get("deviceid")
-            if isinstance(raw_id, str) and raw_id:
-                deviceid = raw_id.lower()
-        result = OtaResult(error=error, deviceid=deviceid, peer=request.remote)
-        served = self._set_for_result(deviceid, request.remote)
+        result = parse_ota_result(raw, request.remote)
+        served = self._set_for_result(result.deviceid, request.remote)
         if served is None:
-            _LOGGER.warning("otaFlash callback (error %s) matches no served set", error)
+            _LOGGER.warning("otaFlash callback (error %s) matches no served set", result.error)
         else:
             served.result = result
             self._emit(served, ImageEventKind.OTA_RESULT, result=result)

@@ -21,7 +21,8 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from .eligibility import check_setup_mode
-from .fake_cloud import CloudEventKind, DeviceSession, FakeCloud, PacingPolicy, UpgradeOffer
+from .ewelink_messages import UpgradeOffer
+from .fake_cloud import CloudEventKind, DeviceSession, FakeCloud, PacingPolicy
 from .flash_stages import FlashTracker, Stage
 from .image_server import ImageEvent, ImageEventKind, ImageServer, ServedSet
 from .legacy_tls import TlsHandshakeObserver

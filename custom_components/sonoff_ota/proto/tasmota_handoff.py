@@ -27,10 +27,8 @@ No Home Assistant imports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 import contextlib
-from dataclasses import dataclass, field
-import enum
 import logging
 import re
 from typing import Any, Final, Protocol
@@ -40,17 +38,32 @@ import aiohttp
 from .flash_stages import FlashTracker, Stage
 from .tasmota_client import ExpectedSettings, TasmotaClient, TasmotaError, TasmotaErrorCode
 from .tasmota_discovery import (
-    DEFAULT_DISCOVERY_PREFIX,
     InvalidMacError,
     TasmotaDevice,
-    TasmotaDiscoveryError,
-    TasmotaRemoved,
     ap_ssid_pattern,
     default_topic,
-    parse_discovery,
     predicted_ap_ssid,
     tasmota_mac,
 )
+from .tasmota_handoff_types import (
+    DETAIL_CANDIDATES,
+    DETAIL_CONFIGURED_BY,
+    DETAIL_IP,
+    DETAIL_MAC,
+    DETAIL_MAC_MISMATCH,
+    DETAIL_PHONE_LINK,
+    DETAIL_SSID,
+    AmbiguousDeviceError,
+    ConfiguredBy,
+    DeviceMqttSettings,
+    EwelinkIdentity,
+    HandoffError,
+    HandoffErrorCode,
+    HandoffResult,
+    HandoffTimeouts,
+    WifiSettings,
+)
+from .tasmota_mqtt_feed import DiscoveryFeed, DiscoveryWatch
 from .tasmota_settings import (
     DEFAULT_AP_BASE_URL,
     TasmotaSettings,
@@ -62,262 +75,7 @@ from .tasmota_settings import (
 
 _LOGGER = logging.getLogger(__name__)
 
-DISCOVERY_SUBSCRIPTION: Final = f"{DEFAULT_DISCOVERY_PREFIX}/+/config"
-"""What the discovery source must be subscribed to."""
-LWT_SUBSCRIPTION: Final = "tele/+/LWT"
-"""Optional second subscription: default FullTopic `%prefix%/%topic%/` (left untouched)."""
-SUBSCRIPTIONS: Final = (DISCOVERY_SUBSCRIPTION, LWT_SUBSCRIPTION)
-_LWT_RE = re.compile(r"^tele/(?P<topic>[^/]+)/LWT$")
 SSID_PATTERN: Final = "tasmota_XXXXXX-NNNN"
-
-# Tracker detail keys (values are strings; FlashTracker.details is dict[str, str]).
-DETAIL_SSID: Final = "tasmota_ssid"
-DETAIL_PHONE_LINK: Final = "tasmota_phone_link_secret"
-"""The one-tap `/cm?cmnd=Backlog ...` link: it CONTAINS THE WI-FI AND MQTT PASSWORDS.
-Show it only behind a warning; never log it; redact it in diagnostics."""
-DETAIL_MAC: Final = "tasmota_mac"
-DETAIL_IP: Final = "tasmota_ip"
-DETAIL_CONFIGURED_BY: Final = "tasmota_configured_by"
-DETAIL_CANDIDATES: Final = "tasmota_candidates"
-DETAIL_MAC_MISMATCH: Final = "tasmota_mac_mismatch"
-SECRET_DETAILS: Final = frozenset({DETAIL_PHONE_LINK})
-
-
-class HandoffErrorCode(enum.StrEnum):
-    """Stable keys of a failed hand-off (also the `FlashTracker.fail` codes)."""
-
-    INVALID_SETTINGS = "invalid_tasmota_settings"
-    TASMOTA_DENIED = "tasmota_denied"
-    BACKLOG_FAILED = "backlog_failed"
-    AMBIGUOUS_DEVICE = "ambiguous_device"
-    TASMOTA_NOT_FOUND = "tasmota_not_found"
-    BROKER_UNREACHABLE = "broker_unreachable"
-    DISCOVERY_BLOCKED = "discovery_blocked"
-    UPGRADE_FAILED = "upgrade_failed"
-
-
-class ConfiguredBy(enum.StrEnum):
-    """Who gave the device its settings."""
-
-    HA = "ha"
-    """We sent the Backlog to the AP and it was confirmed."""
-    UNCONFIRMED = "unconfirmed"
-    """We sent it but could not confirm it took (the AP dropped mid-request)."""
-    PHONE = "phone"
-    """The AP never answered us: the user's phone had to do it."""
-
-
-class HandoffError(Exception):
-    """A hand-off failure; `code` is a translation key, `placeholders` its values."""
-
-    def __init__(self, code: HandoffErrorCode, message: str, **placeholders: str) -> None:
-        """Keep the key and the (non-secret) placeholders."""
-        super().__init__(message)
-        self.code = code
-        self.placeholders = placeholders
-
-
-class AmbiguousDeviceError(HandoffError):
-    """Two or more new Tasmota devices appeared and no MAC tells which one is ours.
-
-    The tracker is NOT ended: the UI asks the user to pick one of `candidates`,
-    then calls `HandoffResult.from_device(choice, ...)` and `tracker.done()`.
-    """
-
-    def __init__(self, candidates: tuple[TasmotaDevice, ...]) -> None:
-        """Keep the candidates (MAC, IP, name each)."""
-        macs = ", ".join(device.mac for device in candidates)
-        super().__init__(
-            HandoffErrorCode.AMBIGUOUS_DEVICE, f"new Tasmota devices: {macs}", candidates=macs
-        )
-        self.candidates = candidates
-
-
-@dataclass(frozen=True, slots=True)
-class WifiSettings:
-    """The home Wi-Fi the device joins (2.4 GHz)."""
-
-    ssid: str
-    password: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceMqttSettings:
-    """The broker as the DEVICE must reach it (host already translated to a LAN address)."""
-
-    host: str
-    port: int = 1883
-    user: str = ""
-    password: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class EwelinkIdentity:
-    """What we know of the device from its eWeLink life; every field optional."""
-
-    deviceid: str | None = None
-    model: str | None = None
-    sta_mac: str | None = None
-    """eWeLink cloud `staMac` (any spelling); Tasmota's MAC is expected to equal it."""
-    name: str | None = None
-    """The user's eWeLink name (becomes DeviceName / FriendlyName1)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HandoffTimeouts:
-    """Seconds; `ap_window` / `discovery` come from `Settings.timeouts` (tasmota_ap, discovery)."""
-
-    ap_window: float = 180.0
-    """How long the AP is probed (Tasmota's Wi-Fi manager lives ~3 min, spec §3.1)."""
-    discovery: float = 300.0
-    """After the configuration (or after the AP window on the phone path)."""
-    probe: float = 3.0
-    """One AP probe request."""
-    probe_interval: float = 1.0
-    phone_link_delay: float = 5.0
-    """The phone link is shown once the AP has not answered for this long."""
-    confirm: float = 20.0
-    """A Backlog reply that confirms nothing: how long we watch the AP go away."""
-    ambiguity_window: float = 3.0
-    """MAC unknown: after the first new device, how long a second one makes it ambiguous."""
-
-
-@dataclass(frozen=True, slots=True)
-class HandoffResult:
-    """The Tasmota device HA will get."""
-
-    mac: str
-    """12 uppercase hex digits (as in the discovery topic)."""
-    ip: str
-    topic: str
-    sw: str
-    """Discovery `sw`: the version number only; `(lite)` is in Status 2 only."""
-    device_name: str
-    model: str
-    """Discovery `md` (module/template name)."""
-    model_known: bool
-    """False: the eWeLink model was not in the table and Tasmota kept its default module."""
-    relays: int
-    hostname: str
-    full_topic: str
-    configured_by: ConfiguredBy
-
-    @classmethod
-    def from_device(
-        cls, device: TasmotaDevice, *, model_known: bool, configured_by: ConfiguredBy
-    ) -> HandoffResult:
-        """Build the result from a parsed discovery message."""
-        return cls(
-            mac=device.mac,
-            ip=device.ip,
-            topic=device.topic,
-            sw=device.sw,
-            device_name=device.device_name,
-            model=device.model,
-            model_known=model_known,
-            relays=device.relays,
-            hostname=device.hostname,
-            full_topic=device.full_topic or "%prefix%/%topic%/",
-            configured_by=configured_by,
-        )
-
-    def command_topic(self, command: str) -> str:
-        """`cmnd/<topic>/<command>` from the device's FullTopic."""
-        base = self.full_topic.replace("%prefix%", "cmnd").replace("%topic%", self.topic)
-        base = base.replace("%hostname%", self.hostname).replace("%id%", self.mac[-6:])
-        return (base if base.endswith("/") else base + "/") + command
-
-
-@dataclass(frozen=True, slots=True)
-class MqttIn:
-    """One MQTT message for the hand-off; `retained` = delivered from the broker's store."""
-
-    topic: str
-    payload: bytes | str = field(repr=False)
-    retained: bool = False
-
-
-class DiscoveryFeed:
-    """The injected discovery source: a queue of `(topic, payload, retained)` messages.
-
-    The HA side pushes from its `mqtt.async_subscribe` callbacks (on
-    `SUBSCRIPTIONS`); tests push directly. `push` never blocks.
-    """
-
-    def __init__(self, max_queued: int = 1000) -> None:
-        """An empty feed."""
-        self._queue: asyncio.Queue[MqttIn] = asyncio.Queue(max_queued)
-
-    def push(self, topic: str, payload: bytes | str, *, retained: bool = False) -> None:
-        """Add a message (dropped when the queue is full: discovery is re-sent on reconnect)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(MqttIn(topic, payload, retained))
-
-    async def get(self) -> MqttIn:
-        """The next message."""
-        return await self._queue.get()
-
-    def drain(self) -> None:
-        """Forget what is queued (before waiting for something that follows an action)."""
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
-
-@dataclass(slots=True)
-class _Watch:
-    """What the feed told us so far."""
-
-    known: set[str] = field(default_factory=set)
-    """MACs that existed before (retained at subscribe time, or given by the caller)."""
-    devices: dict[str, TasmotaDevice] = field(default_factory=dict)
-    retained_seen: set[str] = field(default_factory=set)
-    live: set[str] = field(default_factory=set)
-    """MACs that published discovery while we listened (not from the retained store)."""
-    online_topics: set[str] = field(default_factory=set)
-    new_order: list[str] = field(default_factory=list)
-
-    def take(self, message: MqttIn) -> None:
-        lwt = _LWT_RE.match(message.topic)
-        if lwt:
-            payload = message.payload
-            text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
-            if text.strip() == "Online":
-                self.online_topics.add(lwt["topic"])
-            else:
-                self.online_topics.discard(lwt["topic"])
-            return
-        try:
-            parsed = parse_discovery(message.topic, message.payload)
-        except TasmotaDiscoveryError as err:
-            _LOGGER.debug("Ignoring discovery message on %s: %s", message.topic, err.code)
-            return
-        if isinstance(parsed, TasmotaRemoved):
-            self.devices.pop(parsed.mac, None)
-            return
-        self.devices[parsed.mac] = parsed
-        if message.retained:
-            self.retained_seen.add(parsed.mac)
-            return
-        self.live.add(parsed.mac)
-        if parsed.mac not in self.known and parsed.mac not in self.new_order:
-            self.new_order.append(parsed.mac)
-
-    def alive(self, mac: str) -> TasmotaDevice | None:
-        """The device, once it has shown it is connected now (live discovery or LWT Online)."""
-        device = self.devices.get(mac)
-        if device is None:
-            return None
-        if mac in self.live or device.topic in self.online_topics:
-            return device
-        return None
-
-    def new_devices(self) -> list[TasmotaDevice]:
-        """Devices that appeared while we listened and were not known before."""
-        return [
-            self.devices[mac]
-            for mac in self.new_order
-            if mac in self.devices and mac not in self.known and mac not in self.retained_seen
-        ]
 
 
 _COMMAND_SPLIT_RE = re.compile(r"^([A-Za-z_]+\d*)\s+(.*)$")
@@ -418,7 +176,7 @@ class TasmotaHandoff:
         )
         self.commands: list[str] = build_backlog(self._settings)
         """The Backlog (contains secrets: never log it; use redact_commands)."""
-        self._watch = _Watch(known={m for m in map(self._clean_mac, known_macs) if m})
+        self._watch = DiscoveryWatch(known={m for m in map(self._clean_mac, known_macs) if m})
         self._changed = asyncio.Event()
         self._configured_by = ConfiguredBy.PHONE
 
@@ -726,61 +484,3 @@ class TasmotaHandoff:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(seconds, 0.0)):
                 await self._changed.wait()
-
-
-# ------------------------------------------------------------ lite → full
-
-
-@dataclass(frozen=True, slots=True)
-class UpgradeResult:
-    """What Tasmota's own OTA changed, judged from discovery."""
-
-    sw_before: str
-    sw_after: str
-
-    @property
-    def version_changed(self) -> bool:
-        """True when discovery `sw` moved (same-number lite → full leaves it unchanged)."""
-        return self.sw_before != self.sw_after
-
-
-type Publish = Callable[[str, str], Awaitable[None]]
-"""`publish(topic, payload)`, e.g. a wrapper around HA's `mqtt.async_publish`."""
-
-
-async def upgrade_to_full(
-    publish: Publish,
-    feed: DiscoveryFeed,
-    device: HandoffResult,
-    ota_url: str,
-    *,
-    within: float = 300.0,
-) -> UpgradeResult:
-    """`Backlog OtaUrl <url>; Upgrade 1` over MQTT, then wait for the reboot's discovery.
-
-    ESP8266 OTA is plain http and wants `.bin.gz` (spec §3.3, §3.7). Discovery `sw`
-    carries no build suffix, so the reliable lite/full marker is `Status 2`
-    (`Version` ends in `(lite)` / `(tasmota)`); here we only wait for the device to
-    come back (a live discovery) and report the `sw` it then announces.
-    Raises HandoffError(`upgrade_failed`) when it does not come back in time.
-    """
-    if not ota_url.startswith("http://") or ";" in ota_url:
-        raise HandoffError(HandoffErrorCode.UPGRADE_FAILED, "OtaUrl must be plain http://")
-    feed.drain()
-    await publish(device.command_topic("Backlog"), f"OtaUrl {ota_url};Upgrade 1")
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                message = await feed.get()
-                if message.retained:
-                    continue
-                try:
-                    parsed = parse_discovery(message.topic, message.payload)
-                except TasmotaDiscoveryError:
-                    continue
-                if isinstance(parsed, TasmotaDevice) and parsed.mac == device.mac:
-                    return UpgradeResult(sw_before=device.sw, sw_after=parsed.sw)
-    except TimeoutError as err:
-        raise HandoffError(
-            HandoffErrorCode.UPGRADE_FAILED, "the device did not come back", mac=device.mac
-        ) from err

@@ -14,7 +14,7 @@ from typing import Final
 
 import aiohttp
 
-from .firmware_store import normalize_tasmota_version
+from .firmware_sources import normalize_tasmota_version
 
 _LOGGER = logging.getLogger(__name__)
 
