@@ -32,6 +32,7 @@ from homeassistant.util.hass_dict import HassKey
 from .const import DOMAIN, PATH_DIY, PATH_SETUP_MODE
 from .diy_run import DiyRun
 from .proto.eligibility import Decision, check_record
+from .proto.json_fields import opt_str
 from .setup_mode_run import SetupModeRun
 
 _LOGGER = logging.getLogger(__name__)
@@ -104,13 +105,13 @@ class DeviceRecord:
         return cls(
             deviceid=deviceid,
             path=PATH_SETUP_MODE if path == PATH_SETUP_MODE else PATH_DIY,
-            host=_opt_str(data.get("host")),
+            host=opt_str(data.get("host")),
             port=port if isinstance(port, int) and not isinstance(port, bool) else None,
-            device_type=_opt_str(data.get("device_type")),
-            fw_version=_opt_str(data.get("fw_version")),
-            model=_opt_str(data.get("model")),
+            device_type=opt_str(data.get("device_type")),
+            fw_version=opt_str(data.get("fw_version")),
+            model=opt_str(data.get("model")),
             state=STATE_TASMOTA if state == STATE_TASMOTA else STATE_EWELINK,
-            mac=_opt_str(data.get("mac")),
+            mac=opt_str(data.get("mac")),
         )
 
     def merged(self, newer: DeviceRecord) -> DeviceRecord:
@@ -128,10 +129,6 @@ class DeviceRecord:
             state=state,
             mac=newer.mac or self.mac,
         )
-
-
-def _opt_str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -241,7 +238,7 @@ def record_from_run(run: DiyRun | SetupModeRun) -> DeviceRecord | None:
             host=target.host,
             port=target.port,
             device_type=target.device_type,
-            fw_version=_opt_str(details.get("fw_version", "").replace("?", "")),
+            fw_version=opt_str(details.get("fw_version", "").replace("?", "")),
             model=target.model,
         )
     deviceid = details.get("deviceid")

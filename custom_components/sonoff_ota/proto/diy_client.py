@@ -28,6 +28,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from .json_fields import opt_int, opt_str
+
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8081
@@ -137,23 +139,6 @@ class DiyInfo:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def _opt_str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _opt_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
 def _opt_bool(value: object) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -165,14 +150,14 @@ def _opt_bool(value: object) -> bool | None:
 def parse_info(data: dict[str, Any]) -> DiyInfo:
     """Build a DiyInfo from the reply's `data` object."""
     return DiyInfo(
-        deviceid=_opt_str(data.get("deviceid")),
-        fw_version=_opt_str(data.get("fwVersion")),
+        deviceid=opt_str(data.get("deviceid")),
+        fw_version=opt_str(data.get("fwVersion")),
         ota_unlock=_opt_bool(data.get("otaUnlock")),
-        ssid=_opt_str(data.get("ssid")),
-        bssid=_opt_str(data.get("bssid")),
-        signal_strength=_opt_int(data.get("signalStrength")),
-        switch=_opt_str(data.get("switch")),
-        startup=_opt_str(data.get("startup")),
+        ssid=opt_str(data.get("ssid")),
+        bssid=opt_str(data.get("bssid")),
+        signal_strength=opt_int(data.get("signalStrength")),
+        switch=opt_str(data.get("switch")),
+        startup=opt_str(data.get("startup")),
         raw=dict(data),
     )
 
@@ -423,7 +408,7 @@ class DiyClient:
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: reply is not JSON", path=path) from err
         if not isinstance(doc, dict) or "error" not in doc:
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: reply has no `error`", path=path)
-        error = _opt_int(doc["error"])
+        error = opt_int(doc["error"])
         if error is None:
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: `error` is not a number", path=path)
         if error != 0:
@@ -444,4 +429,4 @@ class DiyClient:
             data = {}
         if not isinstance(data, dict):
             raise DiyError(DiyErrorCode.BAD_REPLY, f"{path}: `data` is not an object", path=path)
-        return DiyReply(seq=_opt_int(doc.get("seq")), data=data)
+        return DiyReply(seq=opt_int(doc.get("seq")), data=data)

@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Final
 
+from .json_fields import opt_int
+
 _LOGGER = logging.getLogger(__name__)
 
 OTA_RESULT_PATH: Final = "/api/device/otaFlash"
@@ -57,14 +59,6 @@ def flash_result(error: int) -> FlashResult:
     return FLASH_RESULTS.get(error, FlashResult.UNKNOWN)
 
 
-def _int_or_none(text: str) -> int | None:
-    """`int(text)`, or None for anything `int` refuses ("²", "--1", 5000 digits)."""
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
 def parse_ota_result(raw: bytes, peer: str | None) -> OtaResult:
     """The result in an otaFlash body, parsed defensively (never raises)."""
     payload: object = None
@@ -77,11 +71,7 @@ def parse_ota_result(raw: bytes, peer: str | None) -> OtaResult:
     error: int | None = None
     deviceid: str | None = None
     if isinstance(payload, dict):
-        raw_error = payload.get("error")
-        if isinstance(raw_error, int) and not isinstance(raw_error, bool):
-            error = raw_error
-        elif isinstance(raw_error, str):
-            error = _int_or_none(raw_error)
+        error = opt_int(payload.get("error"))
         raw_id = payload.get("deviceid")
         if isinstance(raw_id, str) and raw_id:
             deviceid = raw_id.lower()

@@ -76,26 +76,6 @@ def utc_timestamp() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def str_field(payload: dict[str, Any], key: str) -> str | None:
-    """`payload[key]` when it is a non-empty string."""
-    value = payload.get(key)
-    return value if isinstance(value, str) and value else None
-
-
-def int_field(value: object) -> int | None:
-    """An int sent as a number or a decimal string (a bool is not one)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:  # "²" passes isdigit(), 5000 digits pass the grammar
-            return None
-    return None
-
-
 def dispatch_reply(ip: str, port: int) -> dict[str, Any]:
     """The body of the `/dispatch/device` reply: where the device's WebSocket goes."""
     return {

@@ -40,11 +40,10 @@ from .ewelink_messages import (
     HEARTBEAT_CONFIG,
     UpgradeOffer,
     dispatch_reply,
-    int_field,
-    str_field,
     upgrade_message,
     utc_timestamp,
 )
+from .json_fields import opt_int, opt_str
 from .legacy_tls import TlsHandshakeObserver
 
 _LOGGER = logging.getLogger(__name__)
@@ -300,10 +299,10 @@ class FakeCloud:
             decoded = {}
         if isinstance(decoded, dict):
             payload = decoded
-        deviceid = str_field(payload, "deviceid")
+        deviceid = opt_str(payload.get("deviceid"))
         deviceid = deviceid.lower() if deviceid else None
-        model = str_field(payload, "model")
-        rom_version = str_field(payload, "romVersion")
+        model = opt_str(payload.get("model"))
+        rom_version = opt_str(payload.get("romVersion"))
         session = self.sessions.get(deviceid) if deviceid else None
         if session is not None:
             session.dispatches += 1
@@ -377,7 +376,7 @@ class FakeCloud:
         self, ws: web.WebSocketResponse, conn: _Connection, payload: dict[str, Any]
     ) -> None:
         action: str = payload["action"]
-        deviceid = str_field(payload, "deviceid")
+        deviceid = opt_str(payload.get("deviceid"))
         if deviceid is not None and conn.deviceid is None:
             conn.deviceid = deviceid.lower()
             session = self.sessions.get(conn.deviceid)
@@ -412,8 +411,8 @@ class FakeCloud:
         if payload.get("apikey") == conn.server_apikey:
             # The device must get a key that is not its own (spec §6.3).
             conn.server_apikey = str(uuid.uuid4())
-        model = str_field(payload, "model")
-        rom_version = str_field(payload, "romVersion")
+        model = opt_str(payload.get("model"))
+        rom_version = opt_str(payload.get("romVersion"))
         conn.model = model
         session = self.sessions.get(conn.deviceid) if conn.deviceid else None
         if session is not None:
@@ -452,7 +451,7 @@ class FakeCloud:
 
     def _on_ack(self, conn: _Connection, payload: dict[str, Any]) -> None:
         sequence = str(payload.get("sequence"))
-        error = int_field(payload.get("error"))
+        error = opt_int(payload.get("error"))
         if conn.upgrade_sequence is None or sequence != conn.upgrade_sequence:
             _LOGGER.debug("Ack for an unknown sequence (error %s)", error)
             return
