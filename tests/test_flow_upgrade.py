@@ -250,7 +250,7 @@ async def test_progress_ring_and_text_show_the_same_number(
     must be the `{percentage}` of the text the flow last told the frontend to fetch."""
     async with setup_device(hass) as (_device, _firmware, _):
         flow_id = (await start_setup_mode_flash(hass))["flow_id"]
-        flow = hass.config_entries.flow._progress[flow_id]
+        flow: Any = hass.config_entries.flow._progress[flow_id]
         rings: list[tuple[int, str]] = []
         texts: list[str] = []
 
@@ -270,7 +270,7 @@ async def test_progress_ring_and_text_show_the_same_number(
         async def fetch() -> None:
             result = await hass.config_entries.flow.async_configure(flow_id)
             if result["type"] is FlowResultType.SHOW_PROGRESS:
-                texts.append(result["description_placeholders"]["percentage"])
+                texts.append((result.get("description_placeholders") or {})["percentage"])
 
         unsubscribe = [
             hass.bus.async_listen(PROGRESS_UPDATE, on_ring),
