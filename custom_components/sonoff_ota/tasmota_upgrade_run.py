@@ -291,13 +291,18 @@ async def async_run_upgrade(
             )
             return await upgrade.run()
     except UpgradeError as err:
-        if err.code is UpgradeErrorCode.TIMEOUT and err.placeholders.get("stage") != str(
-            UpgradeStage.CONFIRMING  # back on MQTT already: nothing is downloading
-        ):
+        if _may_still_download(err):
             await _async_watch_until_settled(hass, target, state, timeouts.tasmota_upgrade_cooldown)
         raise
     finally:
         state.running = False
+
+
+def _may_still_download(err: UpgradeError) -> bool:
+    """A timeout before the device was back on MQTT, or `Upgrade 1` sent but unanswered."""
+    if err.code is UpgradeErrorCode.TIMEOUT:
+        return err.placeholders.get("stage") != str(UpgradeStage.CONFIRMING)
+    return err.code is UpgradeErrorCode.NO_ANSWER and err.placeholders.get("command") == "Upgrade"
 
 
 async def _async_watch_until_settled(
