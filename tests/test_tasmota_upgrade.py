@@ -394,7 +394,7 @@ async def test_custom_ota_url_credentials_stay_out_of_diagnostics(
         assert eid is not None
         entity = er.async_get(hass).async_get(eid)
         assert entity is not None and entity.device_id is not None
-        device = dr.async_get(hass).async_get(entity.device_id)
+        device: Any = dr.async_get(hass).async_get(entity.device_id)  # 2026.x: or a child
         assert device is not None
         per_device = await async_get_device_diagnostics(hass, setup.entry, device)
         assert per_device["tasmota_upgrade"]["stage"] == "done"
