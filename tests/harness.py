@@ -102,6 +102,8 @@ def install_settings(hass: HomeAssistant, firmware: Firmware, **overrides: objec
         # Never probe the real system D-Bus / Supervisor: hop tests bring their own fakes.
         "wifi_hop": "manual",
         "firmware": firmware.settings(),
+        # The finish step looks up the size of the full build: never ota.tasmota.com.
+        "tasmota_ota_base_url": firmware.server.url("").rstrip("/"),
         "timeouts": Timeouts(
             setup_ap=5,
             dispatch=5,
@@ -174,12 +176,13 @@ async def flow_result(hass: HomeAssistant, flow_id: str) -> dict[str, Any]:
     """Fetch a flow whose progress ended, as the UI does, and press Submit on "finish".
 
     A finished flash first shows the "finish" form (where the new device is); its
-    submit creates the entry (first run) or ends with `flash_successful`.
+    submit, with "Upgrade to full Tasmota now" turned off, creates the entry (first
+    run) or ends with `flash_successful` (tests/test_flow_upgrade.py leaves it on).
     """
     result: Any = await hass.config_entries.flow.async_configure(flow_id)
     if result["type"] is FlowResultType.FORM and result["step_id"] == "finish":
         shown = dict(result["description_placeholders"])
-        result = await hass.config_entries.flow.async_configure(flow_id, {})
+        result = await hass.config_entries.flow.async_configure(flow_id, {"upgrade": False})
         assert result["description_placeholders"] == shown
     return dict(result)
 

@@ -7,9 +7,11 @@ the "latest release" JSON in GitHub's shape. Nothing is mocked but the radio.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+import json
 from typing import Any
 
 from aiohttp import web
@@ -23,11 +25,16 @@ from homeassistant.helpers.event import async_track_state_change_event
 import pytest
 
 from custom_components.sonoff_ota.const import DOMAIN
+from custom_components.sonoff_ota.diagnostics import (
+    async_get_config_entry_diagnostics,
+    async_get_device_diagnostics,
+)
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
 from custom_components.sonoff_ota.tasmota_link import (
     async_ensure_tasmota_entry,
     async_wait_for_ha_device,
 )
+from custom_components.sonoff_ota.tasmota_upgrade_run import device_upgrades
 from tests.dashboard_device import setup_entry
 from tests.harness import wait_until
 from tests.proto.firmware_server import FirmwareServer, firmware_server
@@ -46,6 +53,7 @@ HA_MAC = "5c:cf:7f:3d:5e:26"
 DEVICEID = "1000e4c17c"
 FULL = make_image(600_000, label="tasmota-full")  # incompressible: too big beside a lite
 MINIMAL = make_image(300_000, label="tasmota-minimal")
+SMALL_FULL = make_image(400_000, label="tasmota-full")  # fits beside the lite: no hop
 UNIQUE_ID = f"{MAC}_tasmota_firmware"
 
 
@@ -321,3 +329,81 @@ async def test_ewelink_firmware_entity_names_the_release_and_has_notes(
         entity = component.get_entity(eid)
         notes = await entity.async_release_notes()
         assert notes is not None and "no way back to eWeLink" in notes
+
+
+async def test_install_is_refused_while_a_timed_out_download_may_run_and_diagnostics_say_so(
+    hass: HomeAssistant, real_mqtt: None, broker: MosquittoBroker
+) -> None:
+    """The server holds its answer past the upgrade's timeout: the device keeps trying."""
+    async with rig(hass, broker, files={"tasmota.bin.gz": SMALL_FULL}) as setup:
+        await shown(hass, "14.4.1 (lite)")
+        settings = hass.data[SETTINGS_KEY]
+        hass.data[SETTINGS_KEY] = replace(
+            settings,
+            timeouts=replace(settings.timeouts, tasmota_upgrade=1.5, tasmota_upgrade_cooldown=600),
+        )
+        gate = setup.files.gate = asyncio.Event()
+        with pytest.raises(HomeAssistantError) as caught:
+            await install(hass)
+        assert caught.value.translation_key == "upgrade_timeout"
+        with pytest.raises(HomeAssistantError) as refused:
+            await install(hass)
+        assert refused.value.translation_key == "upgrade_settling"
+        assert "may still be downloading" in str(refused.value)
+        assert "10 minutes" in str(refused.value)
+        attempts = list(setup.device.ota_attempts)
+        assert attempts == [setup.files.url("tasmota.bin.gz")], "no second OtaUrl/Upgrade"
+
+        diagnostics = await async_get_config_entry_diagnostics(hass, setup.entry)
+        upgrade = diagnostics["tasmota_upgrades"][MAC]
+        assert upgrade["stage"] == "failed"
+        assert upgrade["error"]["code"] == "timeout"
+        assert [h["stage"] for h in upgrade["history"]][:2] == ["requested", "downloading"]
+        assert upgrade["history"][-1] == {
+            "at": upgrade["history"][-1]["at"],
+            "stage": "failed",
+            "note": "timeout",
+        }
+        assert_no_secrets(hass, diagnostics)
+
+        gate.set()  # the download goes through; the device restarts and announces itself
+        await shown(hass, "14.5.0 (tasmota)")
+        await wait_until(lambda: not device_upgrades(hass, MAC).settling, within=20)
+        assert setup.device.ota_attempts == attempts
+
+
+async def test_custom_ota_url_credentials_stay_out_of_diagnostics(
+    hass: HomeAssistant, real_mqtt: None, broker: MosquittoBroker
+) -> None:
+    async with rig(hass, broker, files={"tasmota.bin.gz": SMALL_FULL}) as setup:
+        await shown(hass, "14.4.1 (lite)")
+        url = setup.files.url("tasmota.bin.gz").replace("http://", "http://me:hunter22@")
+        result = await hass.config_entries.options.async_init(setup.entry.entry_id)
+        await hass.config_entries.options.async_configure(
+            result["flow_id"], {"build": "url", "custom_url": url}
+        )
+        await hass.async_block_till_done()
+        await shown(hass, "14.4.1 (lite)")
+        await install(hass)
+        diagnostics = await async_get_config_entry_diagnostics(hass, setup.entry)
+        upgrade = diagnostics["tasmota_upgrades"][MAC]
+        assert upgrade["stage"] == "done"
+        assert "hunter22" not in json.dumps(diagnostics)
+        assert upgrade["details"]["url"].startswith("http://**REDACTED**@127.0.0.1:")
+        eid = entity_id(hass)
+        assert eid is not None
+        entity = er.async_get(hass).async_get(eid)
+        assert entity is not None and entity.device_id is not None
+        device: Any = dr.async_get(hass).async_get(entity.device_id)  # 2026.x: or a child
+        assert device is not None
+        per_device = await async_get_device_diagnostics(hass, setup.entry, device)
+        assert per_device["tasmota_upgrade"]["stage"] == "done"
+        assert "hunter22" not in json.dumps(per_device)
+
+
+def assert_no_secrets(hass: HomeAssistant, diagnostics: dict[str, Any]) -> None:
+    text = json.dumps(diagnostics)
+    (mqtt_entry,) = hass.config_entries.async_entries("mqtt")
+    for secret in (mqtt_entry.data.get("password"), "correct-horse"):
+        if secret:
+            assert secret not in text

@@ -2,7 +2,8 @@
 
 What helps to understand a flash: the known devices (firmware, model, path,
 state), the stages and errors of recent flashes (tracker history), image
-hashes, and the non-secret settings. Redacted: the SSID, passwords, apikeys,
+hashes, the last lite → full upgrade of each Tasmota device (stage, history, error
+code), and the non-secret settings. Redacted: the SSID, passwords, apikeys,
 MQTT credentials and tokens, by key (`async_redact_data`) and then by value,
 so that a secret quoted inside some text does not slip through either.
 """
@@ -18,12 +19,15 @@ from homeassistant.components.diagnostics import REDACTED, async_redact_data
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
+from yarl import URL
 
 from . import SonoffOtaConfigEntry
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .known_devices import get_device, get_devices
 from .proto.flash_stages import FlashTracker
+from .proto.tasmota_upgrade_stages import UpgradeTracker
 from .settings import get_settings
+from .tasmota_upgrade_run import upgrade_trackers
 
 TO_REDACT: Final = frozenset(
     {
@@ -57,6 +61,9 @@ async def async_get_config_entry_diagnostics(
         "devices": {deviceid: record.as_data() for deviceid, record in get_devices(entry).items()},
         "flashes": {deviceid: _tracker(tracker) for deviceid, tracker in flashes.trackers.items()},
         "last_image_synthetic": flashes.synthetic_image,
+        "tasmota_upgrades": {
+            mac: _upgrade(tracker) for mac, tracker in upgrade_trackers(hass).items()
+        },
         "settings": _settings(hass),
         "mqtt_configured": bool(hass.config_entries.async_entries(_MQTT_DOMAIN)),
     }
@@ -70,10 +77,19 @@ async def async_get_device_diagnostics(
     deviceid = next((ident for domain, ident in device.identifiers if domain == DOMAIN), None)
     record = get_device(entry, deviceid) if deviceid else None
     tracker = entry.runtime_data.flashes.tracker(deviceid) if deviceid else None
+    macs = {
+        value.replace(":", "").upper()
+        for kind, value in device.connections
+        if kind == dr.CONNECTION_NETWORK_MAC
+    }
+    if record is not None and record.mac:
+        macs.add(record.mac.replace(":", "").upper())
+    upgrade = next((t for mac, t in upgrade_trackers(hass).items() if mac in macs), None)
     result = {
         "deviceid": deviceid,
         "record": record.as_data() if record else None,
         "flash": _tracker(tracker) if tracker else None,
+        "tasmota_upgrade": _upgrade(upgrade) if upgrade else None,
         "last_image_synthetic": entry.runtime_data.flashes.synthetic_image,
     }
     return _redact(result, _secrets(hass, entry))
@@ -102,6 +118,45 @@ def _tracker(tracker: FlashTracker) -> dict[str, Any]:
             for entry in tracker.history
         ],
     }
+
+
+def _upgrade(tracker: UpgradeTracker) -> dict[str, Any]:
+    """Stage, progress, history and error code; URLs without any user:password part."""
+    error = tracker.error
+    return {
+        "stage": str(tracker.stage),
+        "percentage": tracker.percentage,
+        "error": (
+            {
+                "code": str(error.code),
+                "placeholders": {k: _no_userinfo(v) for k, v in error.placeholders.items()},
+            }
+            if error is not None
+            else None
+        ),
+        "details": {k: _no_userinfo(v) for k, v in tracker.details.items()},
+        "history": [
+            {
+                "at": datetime.fromtimestamp(entry.at, UTC).isoformat(),
+                "stage": str(entry.stage),
+                "note": entry.note,
+            }
+            for entry in tracker.history
+        ],
+    }
+
+
+def _no_userinfo(value: str) -> str:
+    """A URL's `user:password@` (a custom OtaUrl may carry one) replaced by REDACTED."""
+    if "://" not in value or "@" not in value:
+        return value
+    try:
+        url = URL(value)
+    except ValueError:
+        return REDACTED
+    if url.user is None and url.password is None:
+        return value
+    return str(url.with_user(None)).replace("://", f"://{REDACTED}@", 1)
 
 
 def _settings(hass: HomeAssistant) -> dict[str, Any]:

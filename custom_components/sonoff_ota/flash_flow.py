@@ -68,8 +68,10 @@ class FlashState:
     """The stage that timed out; "try again" resumes there."""
     error: tuple[str, dict[str, str]] | None = None
     """Why the flash stopped: the abort reason and its placeholders."""
-    last_notified: tuple[tuple[str, int | None], dict[str, str]] | None = None
-    """The progress text last pushed to the frontend."""
+    last_notified: tuple[str, dict[str, str]] | None = None
+    """The progress step (stage, placeholders) the frontend was last told to fetch."""
+    ring_percentage: int | None = None
+    """The number last shown in the progress ring."""
     remove_listener: Callable[[], None] | None = None
     handoff: HandoffRun | None = None
     outcome: HandoffOutcome | None = None
@@ -77,6 +79,9 @@ class FlashState:
     """New Tasmota devices that appeared at once, when no MAC tells which is ours."""
     finished: bool = False
     finish_placeholders: dict[str, str] = field(default_factory=dict)
+    finishing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while the finish step closes the flash: a second fetch of the step (the
+    frontend may fetch it twice at once) waits for the placeholders instead of racing."""
 
 
 class FlashFlow(ConfigFlow):
@@ -239,20 +244,40 @@ class FlashFlow(ConfigFlow):
             self._run.tracker.update(received / total)
 
     def _on_tracker_change(self, tracker: FlashTracker) -> None:
-        """Push the new percentage, and refresh the text when the stage or details change."""
+        """Show the tracker's one number in the text and in the ring, and new texts."""
         if tracker.finished or self._flash.task is None:
             return
-        if hasattr(self, "async_update_progress"):  # HA 2025.5+
-            self.async_update_progress(tracker.fraction)
-            shown: tuple[str, int | None] = (tracker.stage, None)
-        else:  # HA 2025.4: the percentage lives in the text
-            shown = (tracker.stage, tracker.percentage)
-        # Text changes other than the percentage (device id, model, Wi-Fi hop...).
-        details = {k: v for k, v in self._placeholders(tracker).items() if k != "percentage"}
-        state = (shown, details)
-        if state != self._flash.last_notified:
+        self._show_progress_change(str(tracker.stage), self._placeholders(tracker))
+
+    def _show_progress_change(self, stage: str, placeholders: dict[str, str]) -> None:
+        """Refresh the text when its stage, number or details change; then set the ring.
+
+        One number per step: the text's `{percentage}` (overall progress, whole percent)
+        is the ring's number too (HA 2025.5+; 2025.4 has the text only). A refresh makes
+        the frontend fetch the step again and blank its ring until the next progress
+        update, so the ring is set after every refresh.
+        """
+        state = (stage, placeholders)
+        refreshed = state != self._flash.last_notified
+        if refreshed:
             self._flash.last_notified = state
             self._notify_flow_changed()
+        percentage = int(placeholders.get("percentage") or 0)
+        if refreshed or percentage != self._flash.ring_percentage:
+            self._flash.ring_percentage = percentage
+            self._set_ring(percentage)
+
+    def _set_ring(self, percentage: int) -> None:
+        """The progress ring at `percentage` (HA 2025.5+; no ring on 2025.4).
+
+        The frontend shows `ceil(100 * progress)` (checked in home-assistant-frontend
+        20260930.5). `percentage / 100` would show 8 for 7 (100 * 0.07 is 7.000000000000001
+        in floating point), so a quarter percent less is sent: ceil and round both give
+        `percentage` back.
+        """
+        update = getattr(self, "async_update_progress", None)
+        if update is not None:
+            update(max(percentage - 0.25, 0.0) / 100)
 
     def _notify_flow_changed(self) -> None:
         """Ask the frontend to fetch the step again (new stage, text or percentage).

@@ -67,6 +67,8 @@ class Timeouts:
     """A whole firmware download (a trickle that never stalls still ends)."""
     tasmota_upgrade: float = 600.0
     """Lite → full over Tasmota's own OTA, restarts and the -minimal step included."""
+    tasmota_upgrade_cooldown: float = 600.0
+    """After an upgrade timed out: no new one until the device is back, or this long."""
 
 
 @dataclass(frozen=True, slots=True)

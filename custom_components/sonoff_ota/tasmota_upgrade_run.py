@@ -4,8 +4,15 @@
 HA's MQTT (`mqtt.async_subscribe` / `mqtt.async_publish`), an HTTP check of the
 OtaUrl from HA's side (to tell "file too big, no -minimal sibling" from "missing
 file"), the newest Tasmota release (cached), and the build the entry's options
-choose. The "Tasmota firmware" update entity and a config-flow step both call
-`async_run_upgrade`.
+choose. The "Tasmota firmware" update entity and the config flow's last step both
+call `async_run_upgrade` (one code path).
+
+`async_run_upgrade` also keeps, per device (MAC), the last upgrade's tracker
+(diagnostics) and two rules for every caller: one upgrade of a device at a time
+(`UpgradeBusyError`), and none while a download may still be running after a
+timeout (`UpgradeSettlingError`): Tasmota's OTA cannot be stopped over MQTT, so
+after a timeout a new one waits until the device is back on MQTT (a live discovery,
+or its `Failed` result) or the cooldown (`Timeouts.tasmota_upgrade_cooldown`) passed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 import contextlib
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -22,11 +30,13 @@ import aiohttp
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.event import async_call_later
 from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN
 from .options_flow import OPT_BUILD, OPT_CUSTOM_URL, OPT_LANGUAGE, options_with_defaults
 from .proto import tasmota_releases
+from .proto.tasmota_discovery import TasmotaDevice, TasmotaDiscoveryError, parse_discovery
 from .proto.tasmota_mqtt_feed import DiscoveryFeed
 from .proto.tasmota_releases import TargetBuild, TasmotaRelease, target_build
 from .proto.tasmota_upgrade import (
@@ -36,7 +46,12 @@ from .proto.tasmota_upgrade import (
     UpgradeTarget,
     UrlCheck,
 )
-from .proto.tasmota_upgrade_stages import UpgradeTracker
+from .proto.tasmota_upgrade_stages import (
+    UpgradeError,
+    UpgradeErrorCode,
+    UpgradeStage,
+    UpgradeTracker,
+)
 from .settings import get_settings
 from .tasmota_link import SUBSCRIBE_WAIT, _on_subscribe_done, mqtt_publisher
 
@@ -54,9 +69,82 @@ _UNACKNOWLEDGED_SUBSCRIBE = 1.0
 """2025.4 has no subscribe acknowledgement: its first SUBSCRIBE goes out within 0.5 s."""
 
 
-def chosen_build(hass: HomeAssistant, entry: ConfigEntry) -> TargetBuild:
-    """The image the entry's options choose (default: the full `tasmota` build)."""
-    options = options_with_defaults(entry.options)
+_UPGRADES_KEY: Final[HassKey[dict[str, DeviceUpgrades]]] = HassKey(f"{DOMAIN}_tasmota_upgrades")
+_SIZE_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+class UpgradeBusyError(Exception):
+    """Another upgrade of this device is running (from the dashboard or a flow)."""
+
+
+class UpgradeSettlingError(Exception):
+    """The last upgrade timed out and the device may still be downloading."""
+
+    def __init__(self, minutes: int) -> None:
+        """`minutes`: at most this long until a new upgrade is allowed."""
+        super().__init__(f"the device may still be downloading; wait up to {minutes} min")
+        self.minutes = minutes
+
+
+@dataclass(slots=True)
+class DeviceUpgrades:
+    """One device's upgrades: the last tracker, and whether a new one may start."""
+
+    tracker: UpgradeTracker | None = None
+    running: bool = False
+    settle_until: float | None = None
+    """Monotonic time until which a download may still run (after a timeout)."""
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop_watching: list[CALLBACK_TYPE] = field(default_factory=list)
+
+    @property
+    def settling(self) -> bool:
+        """True while a timed-out download may still be running."""
+        return self.settle_until is not None and not self.settled.is_set()
+
+    @property
+    def minutes_left(self) -> int:
+        """Whole minutes (at least 1) until the cooldown ends."""
+        left = (self.settle_until or 0.0) - time.monotonic()
+        return max(1, -(-int(left) // 60))
+
+    def settle(self, why: str) -> None:
+        """The device is back (or the cooldown passed): a new upgrade may start."""
+        if self.settled.is_set():
+            return
+        _LOGGER.info("Tasmota upgrade may start again: %s", why)
+        self.settled.set()
+        self.settle_until = None
+        for stop in self._stop_watching:
+            stop()
+        self._stop_watching.clear()
+
+
+def device_upgrades(hass: HomeAssistant, mac: str) -> DeviceUpgrades:
+    """The upgrade state of the device with `mac` (12 hex digits, any case)."""
+    upgrades = hass.data.setdefault(_UPGRADES_KEY, {})
+    return upgrades.setdefault(mac.replace(":", "").upper(), DeviceUpgrades())
+
+
+def upgrade_trackers(hass: HomeAssistant) -> dict[str, UpgradeTracker]:
+    """The last upgrade tracker of every device upgraded since HA started (diagnostics)."""
+    upgrades = hass.data.get(_UPGRADES_KEY, {})
+    return {mac: state.tracker for mac, state in upgrades.items() if state.tracker is not None}
+
+
+async def async_wait_until_settled(hass: HomeAssistant, mac: str) -> None:
+    """Return once a new upgrade of `mac` may start (at once when nothing is pending)."""
+    state = device_upgrades(hass, mac)
+    if state.settling:
+        await state.settled.wait()
+
+
+def chosen_build(hass: HomeAssistant, entry: ConfigEntry | None) -> TargetBuild:
+    """The image the entry's options choose (default: the full `tasmota` build).
+
+    `entry` None: the first flow, before its entry exists (the default options).
+    """
+    options = options_with_defaults(entry.options if entry is not None else {})
     base = get_settings(hass).tasmota_ota_base_url or tasmota_releases.DEFAULT_OTA_BASE_URL
     try:
         return target_build(
@@ -99,6 +187,18 @@ def url_checker(hass: HomeAssistant) -> UrlCheck:
             return None
 
     return exists
+
+
+async def async_image_size(hass: HomeAssistant, url: str) -> int | None:
+    """The image's size from a HEAD request (None when the server does not say)."""
+    session = async_get_clientsession(hass)
+    try:
+        async with session.head(url, timeout=_SIZE_TIMEOUT, allow_redirects=True) as response:
+            if response.status != 200:
+                return None
+            return response.content_length or None
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
 
 
 @asynccontextmanager
@@ -165,19 +265,80 @@ async def async_run_upgrade(
 ) -> UpgradeResult:
     """Upgrade `target` to `build` over HA's MQTT; raises `UpgradeError`.
 
-    MQTT itself failing raises HA's `HomeAssistantError` (from `mqtt.async_publish`).
+    Refused with `UpgradeBusyError` while another upgrade of the device runs and with
+    `UpgradeSettlingError` while a timed-out one may still be downloading (see the
+    module docstring). MQTT itself failing raises HA's `HomeAssistantError` (from
+    `mqtt.async_publish`).
     """
+    state = device_upgrades(hass, target.mac)
+    if state.running:
+        raise UpgradeBusyError(target.mac)
+    if state.settling:
+        raise UpgradeSettlingError(state.minutes_left)
     timeouts = get_settings(hass).timeouts
-    async with async_mqtt_feed(hass, target.subscriptions) as feed:
-        upgrade = TasmotaUpgrade(
-            mqtt_publisher(hass),
-            feed,
-            target,
-            build.ota_url,
-            expected_build=build.build,
-            before=before,
-            timeout=timeouts.tasmota_upgrade,
-            url_exists=url_checker(hass),
-            tracker=tracker,
-        )
-        return await upgrade.run()
+    tracker = tracker or UpgradeTracker(device_label=target.mac)
+    state.tracker, state.running = tracker, True
+    try:
+        async with async_mqtt_feed(hass, target.subscriptions) as feed:
+            upgrade = TasmotaUpgrade(
+                mqtt_publisher(hass),
+                feed,
+                target,
+                build.ota_url,
+                expected_build=build.build,
+                before=before,
+                timeout=timeouts.tasmota_upgrade,
+                url_exists=url_checker(hass),
+                tracker=tracker,
+            )
+            return await upgrade.run()
+    except UpgradeError as err:
+        if _may_still_download(err):
+            await _async_watch_until_settled(hass, target, state, timeouts.tasmota_upgrade_cooldown)
+        raise
+    finally:
+        state.running = False
+
+
+def _may_still_download(err: UpgradeError) -> bool:
+    """A timeout before the device was back on MQTT, or `Upgrade 1` sent but unanswered."""
+    if err.code is UpgradeErrorCode.TIMEOUT:
+        return err.placeholders.get("stage") != str(UpgradeStage.CONFIRMING)
+    return err.code is UpgradeErrorCode.NO_ANSWER and err.placeholders.get("command") == "Upgrade"
+
+
+async def _async_watch_until_settled(
+    hass: HomeAssistant, target: UpgradeTarget, state: DeviceUpgrades, cooldown: float
+) -> None:
+    """After a timeout: settle on a live discovery, a `Failed` result, or the cooldown."""
+    from homeassistant.components import mqtt  # noqa: PLC0415
+
+    for stop in state._stop_watching:  # an older watch (if any) ends; this one replaces it
+        stop()
+    state._stop_watching.clear()
+    state.settled = asyncio.Event()
+    state.settle_until = time.monotonic() + cooldown
+    upgrade_topic = target.topic_for("stat", "UPGRADE")
+
+    @callback
+    def on_message(message: ReceiveMessage) -> None:
+        if message.retain:
+            return  # the broker's copy from before, not the device now
+        payload: Any = message.payload
+        text = payload.decode(errors="replace") if isinstance(payload, bytes) else str(payload)
+        if message.topic == upgrade_topic:
+            if "Failed" in text:
+                state.settle("the device reported its download failed")
+            return
+        with contextlib.suppress(TasmotaDiscoveryError):
+            device = parse_discovery(message.topic, text)
+            if isinstance(device, TasmotaDevice) and device.mac == target.mac:
+                state.settle(f"{target.mac} is back on MQTT ({device.sw})")
+
+    @callback
+    def on_cooldown(_now: Any) -> None:
+        state.settle(f"cooldown of {cooldown:.0f} s passed")
+
+    state._stop_watching.append(async_call_later(hass, cooldown, on_cooldown))
+    for topic in (f"tasmota/discovery/{target.mac}/config", upgrade_topic):
+        state._stop_watching.append(await mqtt.async_subscribe(hass, topic, on_message))

@@ -48,7 +48,14 @@ from .proto.tasmota_releases import RELEASES_PAGE, TasmotaRelease
 from .proto.tasmota_upgrade import TasmotaBuild, UpgradeTarget
 from .proto.tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeTracker
 from .tasmota_link import TASMOTA_DOMAIN
-from .tasmota_upgrade_run import async_latest_release, async_run_upgrade, chosen_build
+from .tasmota_upgrade_run import (
+    UpgradeBusyError,
+    UpgradeSettlingError,
+    async_latest_release,
+    async_run_upgrade,
+    chosen_build,
+    device_upgrades,
+)
 
 if TYPE_CHECKING:
     from homeassistant.components.mqtt import ReceiveMessage
@@ -468,20 +475,33 @@ class TasmotaFirmwareUpdate(UpdateEntity):
 
     async def async_install(self, version: str | None, backup: bool, **kwargs: Any) -> None:
         """Run the upgrade (raises `HomeAssistantError` with the translated reason)."""
-        if self.in_progress:
+        upgrades = device_upgrades(self.hass, self.mac)
+        if self.in_progress or upgrades.running:
             raise _upgrade_error("upgrade_busy", device=self._device_label)
+        if upgrades.settling:  # a timed-out download may still be running: never a second
+            raise _upgrade_error(
+                "upgrade_settling", device=self._device_label, minutes=str(upgrades.minutes_left)
+            )
         target = self.target
         if target is None:
             raise _upgrade_error("upgrade_no_discovery", device=self._device_label)
         build = chosen_build(self.hass, self._entry)
         tracker = UpgradeTracker(device_label=self.mac)
-        self.tracker = tracker
+        previous, self.tracker = self.tracker, tracker
         remove = tracker.add_listener(lambda _t: self.async_write_ha_state())
         self.async_write_ha_state()
         try:
             result = await async_run_upgrade(
                 self.hass, target, build, before=self.running, tracker=tracker
             )
+        except UpgradeBusyError as err:  # started elsewhere meanwhile (the flow's last step)
+            self.tracker = previous
+            raise _upgrade_error("upgrade_busy", device=self._device_label) from err
+        except UpgradeSettlingError as err:
+            self.tracker = previous
+            raise _upgrade_error(
+                "upgrade_settling", device=self._device_label, minutes=str(err.minutes)
+            ) from err
         except UpgradeError as err:
             tracker.fail(err)  # no-op when the run already ended with it
             raise _upgrade_error(
