@@ -33,7 +33,7 @@ from homeassistant.helpers.entity_platform import AddEntitiesCallback
 from . import SonoffOtaConfigEntry
 from .const import DOMAIN, PATH_DIY
 from .device_entity import SonoffDeviceEntity, async_add_device_entities
-from .known_devices import DeviceRecord, get_devices, signal_devices_updated
+from .known_devices import DEVICES_PER_ENTRY, DeviceRecord, get_devices, signal_devices_updated
 from .options_flow import OPT_ALL_TASMOTA, options_with_defaults
 from .proto.firmware_choice import FirmwareChoice
 from .proto.tasmota_discovery import (
@@ -134,10 +134,6 @@ def eligible_tasmota_macs(hass: HomeAssistant, entry: ConfigEntry) -> set[str]:
     return flashed & in_ha
 
 
-_DEVICES_PER_ENTRY = hasattr(dr.DeviceRegistry, "async_get_or_create_child")
-"""HA 2026.x: a device belongs to one config entry (it also brought child devices)."""
-
-
 def _tasmota_name(hass: HomeAssistant, mac: str) -> str | None:
     """The name of HA's Tasmota device with `mac`."""
     registry = dr.async_get(hass)
@@ -194,9 +190,9 @@ class FirmwareUpdate(SonoffDeviceEntity, UpdateEntity):
 
     @property
     def supported_features(self) -> UpdateEntityFeature:
-        """Install only for DIY devices; progress and release notes always."""
+        """Install where the dashboard may flash (`dashboard_flashable`); the rest always."""
         features = UpdateEntityFeature.PROGRESS | UpdateEntityFeature.RELEASE_NOTES
-        if self.record.path == PATH_DIY and self.record.host:
+        if self.record.dashboard_flashable:
             return features | UpdateEntityFeature.INSTALL | UpdateEntityFeature.SPECIFIC_VERSION
         return features
 
@@ -292,7 +288,7 @@ class TasmotaFirmwareUpdate(UpdateEntity):
         # From 2026.x devices belong to one config entry: this makes a device of ours with
         # the same MAC connection, named like the Tasmota one.
         info = DeviceInfo(connections={(dr.CONNECTION_NETWORK_MAC, ha_mac(mac))})
-        if _DEVICES_PER_ENTRY:
+        if DEVICES_PER_ENTRY:
             info["name"] = name or f"Tasmota {mac[6:]}"
             info["manufacturer"] = "Tasmota"
         self._attr_device_info = info
