@@ -30,7 +30,10 @@ import pytest
 import yarl
 
 from custom_components.sonoff_ota.device_flashes import BatchOutcome, DeviceFlashes
+from custom_components.sonoff_ota.host_wifi_run import async_tasmota_ap_hop
 from custom_components.sonoff_ota.known_devices import get_device
+from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker
+from custom_components.sonoff_ota.proto.wifi import WifiSettings
 from custom_components.sonoff_ota.settings import Timeouts
 from tests.dashboard_device import setup_entry
 from tests.harness import (
@@ -471,3 +474,19 @@ async def test_dashboard_install_restores_after_a_refused_backlog(
         assert world.gate.opened == 1
         assert_nm_restored(nm)
         await hass.async_block_till_done(wait_background_tasks=True)
+
+
+async def test_wifi_only_host_keeps_the_phone_link(
+    hass: HomeAssistant, bus: BusConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Wi-Fi carries HA's own LAN and nobody confirmed losing it: no hop, nothing moved."""
+    nm = FakeNetworkManager(eth_address=None)
+    async with running_fake_nm(bus, nm) as env, local_firmware() as firmware:
+        install_settings(hass, firmware, wifi_hop="networkmanager", nm_bus_address=env.address)
+        tracker = FlashTracker(FlashPath.DIY, device_label="1000dd0000")
+        hop = await async_tasmota_ap_hop(hass, tracker, WifiSettings(HOME, "correct-horse"))
+        assert hop is None
+        assert "needs_confirmation" in caplog.text
+        assert "AddAndActivateConnection2" not in nm.log.names()
+        assert "CheckpointCreate" not in nm.log.names()
+        assert nm.wifi_ssid() == HOME
