@@ -44,7 +44,7 @@ from tests.proto.fake_networkmanager import (
     unix_sockets_allowed,
 )
 from tests.proto.legacy_clients import expect_failed_handshakes
-from tests.test_wifi_hop_flow import Gate
+from tests.wifi_gate import Gate
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Fault, Timing

@@ -58,7 +58,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
         wifi = WifiSettings(entry.data[CONF_SSID], entry.data[CONF_WIFI_PASSWORD])
         identity = EwelinkIdentity(deviceid=run.target.deviceid, model=run.target.model)
         outcome = await HandoffRun(
-            hass, run.tracker, wifi, identity, device_ip=run.target.host
+            hass, run.tracker, wifi, identity, device_ip=run.target.host, hop_to_ap=True
         ).run()
         return outcome.mac
 

@@ -21,7 +21,10 @@ takes one client, and a DIY device tells no MAC, so a hand-off recognises
 "its" Tasmota only as the one it configured on that access point, or as the
 one new Tasmota on MQTT: two at once would configure the same device twice or
 link one device to two records. Each hand-off starts once the previous one
-has its device in HA (it is then "known", never "the new one").
+has its device in HA (it is then "known", never "the new one"). Where HA moves its
+own Wi-Fi, a hand-off's hop onto that access point (and back home) happens inside
+its turn (`handoff_run.HandoffRun(hop_to_ap=True)`, run by `after_flash`), so two
+hops never overlap.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 A device is found by zeroconf (`_ewelink._tcp`) or entered by hand (mDNS fails
 on many networks). Its eligibility is checked before anything changes, and the
 flash starts only once the user confirms; with the integration set up, the
-device can instead wait on the dashboard (its Firmware update entity).
+device can instead wait on the dashboard (its Firmware update entity). Where HA
+moves its own Wi-Fi, the hand-off joins Tasmota's first-boot AP itself, and the
+progress text says so (the phone link stays as the fallback).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import voluptuous as vol
 from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .firmware_flow import FirmwareFlow
 from .firmware_form import CONF_FIRMWARE, firmware_section
+from .flash_flow import FlashRun
 from .flash_recovery import async_device_announced
 from .flash_server import DeviceBusyError
 from .known_devices import CONF_DEVICES, async_remember_run
@@ -29,6 +32,7 @@ from .proto.diy_client import DiyClient, DiyError
 from .proto.diy_discovery import DiyAdvertError, parse_advert
 from .proto.diy_flasher import DiyFlashError
 from .proto.firmware_image import ImageRole
+from .proto.flash_stages import Stage
 from .settings import get_settings
 
 CONF_DEVICEID = "deviceid"
@@ -191,3 +195,14 @@ class DiyFlow(FirmwareFlow):
         """Flash the confirmed DIY device."""
         self._load_saved_wifi()
         return await self.async_step_flash()
+
+    def _progress_action(self, run: FlashRun) -> str:
+        handoff = self._flash.handoff
+        if (
+            isinstance(run, DiyRun)
+            and handoff is not None
+            and handoff.host_wifi is not None
+            and run.tracker.stage is Stage.TASMOTA_AP
+        ):
+            return f"{Stage.TASMOTA_AP}_wifi_hop"  # HA joins Tasmota's AP itself: no phone first
+        return super()._progress_action(run)

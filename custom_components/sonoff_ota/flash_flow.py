@@ -178,6 +178,7 @@ class FlashFlow(ConfigFlow):
                     ),
                     device_ip=run.target.host if isinstance(run, DiyRun) else None,
                     ap_hop=run.host_wifi if isinstance(run, SetupModeRun) else None,
+                    hop_to_ap=isinstance(run, DiyRun),
                 )
             flash.outcome = await flash.handoff.run()
         except StageTimeoutError:

@@ -4,6 +4,11 @@ It subscribes to Tasmota discovery before the device can publish, runs the
 protocol-side `TasmotaHandoff` (one Backlog on Tasmota's access point, or the
 phone link), makes sure HA's `tasmota` entry exists, and waits until HA's
 tasmota integration has created the device. Both flash paths end here.
+
+Where HA moves its own Wi-Fi, the host joins Tasmota's first-boot AP itself: setup mode
+hands its flash's hop in (`ap_hop`); the DIY path asks for one of its own (`hop_to_ap`),
+prepared at the start of the hand-off and restored at its end in every outcome. Both are
+the same `SetupModeWifi` (`host_wifi_run`); a failed hop falls back to the phone link.
 """
 
 from __future__ import annotations
@@ -11,15 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 import logging
 
-from homeassistant.core import HomeAssistant
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.core import Event, HomeAssistant
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
+from .host_wifi_run import async_tasmota_ap_hop
 from .proto.flash_stages import FlashTracker
+from .proto.setup_mode_wifi import SetupModeWifi
 from .proto.tasmota_discovery import TasmotaDevice
 from .proto.tasmota_handoff import TasmotaApHop, TasmotaHandoff
 from .proto.tasmota_handoff_types import (
     ConfiguredBy,
+    DeviceMqttSettings,
     EwelinkIdentity,
     HandoffResult,
     HandoffTimeouts,
@@ -75,13 +84,20 @@ class HandoffRun:
         *,
         device_ip: str | None = None,
         ap_hop: TasmotaApHop | None = None,
+        hop_to_ap: bool = False,
     ) -> None:
         """Prepare; nothing happens until `run()`.
 
         `ap_hop`: the setup-mode Wi-Fi hop, when HA moves its own Wi-Fi: it then joins
         Tasmota's access point itself instead of asking for a phone.
+        `hop_to_ap` (no `ap_hop`: the DIY path): `run()` prepares a hop of its own where a
+        backend can move this host's Wi-Fi (`host_wifi_run.async_tasmota_ap_hop`) and
+        restores it before it returns or raises; without one, the phone link as before.
         """
         self._ap_hop = ap_hop
+        self._hop_to_ap = hop_to_ap and ap_hop is None
+        self.host_wifi: SetupModeWifi | None = None
+        """The hop `run()` prepared itself (`hop_to_ap`), while it runs."""
         self.hass = hass
         self.tracker = tracker
         self._wifi = wifi
@@ -100,6 +116,36 @@ class HandoffRun:
         timeouts = HandoffTimeouts(
             ap_window=settings.timeouts.tasmota_ap, discovery=settings.timeouts.discovery
         )
+        ap_hop = self._ap_hop
+        if self._hop_to_ap:
+            ap_hop = self.host_wifi = await async_tasmota_ap_hop(
+                self.hass, self.tracker, self._wifi
+            )
+        if self.host_wifi is None:
+            self.result = await self._handoff(mqtt_settings, timeouts, ap_hop)
+        else:
+            # HA stopping mid-hop: put the network back before it exits.
+            unsub_stop = self.hass.bus.async_listen_once(
+                EVENT_HOMEASSISTANT_STOP, self._async_hass_stop
+            )
+            try:
+                self.result = await self._handoff(mqtt_settings, timeouts, ap_hop)
+            finally:
+                unsub_stop()
+                await self.host_wifi.restore()  # every outcome (shielded against cancel)
+        return await self._link(self.result)
+
+    async def _async_hass_stop(self, _event: Event) -> None:
+        if self.host_wifi is not None:
+            await self.host_wifi.restore()
+
+    async def _handoff(
+        self,
+        mqtt_settings: DeviceMqttSettings,
+        timeouts: HandoffTimeouts,
+        ap_hop: TasmotaApHop | None,
+    ) -> HandoffResult:
+        settings = get_settings(self.hass)
         async with async_discovery_feed(self.hass) as feed:
             handoff = TasmotaHandoff(
                 async_get_clientsession(self.hass),
@@ -111,10 +157,9 @@ class HandoffRun:
                 ap_url=settings.tasmota_ap_url,
                 timeouts=timeouts,
                 known_macs=_known_tasmota_macs(self.hass),
-                ap_hop=self._ap_hop,
+                ap_hop=ap_hop,
             )
-            self.result = await handoff.run()
-        return await self._link(self.result)
+            return await handoff.run()
 
     async def adopt(self, device: TasmotaDevice, model_known: bool) -> HandoffOutcome:
         """Finish with the device the user picked among several new ones."""

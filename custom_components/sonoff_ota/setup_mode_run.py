@@ -27,6 +27,7 @@ from .flash_journal import (
     async_get_journal,
 )
 from .flash_server import FlashServer, async_get_flash_server
+from .host_wifi_run import tracked_host_wifi
 from .issues import async_delete_restart_issue
 from .listeners import PortInUseError, async_check_port_free
 from .proto.firmware_cache import StoredImage, read_if_intact
@@ -35,7 +36,6 @@ from .proto.firmware_download import ProgressCallback
 from .proto.firmware_errors import FirmwareErrorCode, FirmwareUnavailableError
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi_hop import WifiHop
-from .proto.host_wifi_types import HopBackend
 from .proto.setup_ap import DeviceInfo, SetupApClient
 from .proto.setup_mode_errors import SetupModeError
 from .proto.setup_mode_flasher import (
@@ -85,16 +85,9 @@ class SetupModeRun:
         self.images: tuple[StoredImage, StoredImage, StoredImage] | None = None
         """user1, user2 and the final image, once fetched and checked."""
         self.hop = hop
-        self.host_wifi: SetupModeWifi | None = None
-        if hop is not None and hop.backend is not HopBackend.MANUAL:
-            timeouts = get_settings(hass).timeouts
-            self.host_wifi = SetupModeWifi(
-                hop,
-                self.tracker,
-                join_timeout=timeouts.wifi_join,
-                scan_interval=timeouts.wifi_scan,
-                setup_ssid=setup_ssid,
-            )
+        self.host_wifi: SetupModeWifi | None = tracked_host_wifi(
+            hass, hop, self.tracker, setup_ssid=setup_ssid
+        )
         self._running: asyncio.Task[None] | None = None
         self._journal: RunJournal | None = None
         self._claimed: str | None = None
