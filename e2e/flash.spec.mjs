@@ -246,7 +246,16 @@ export const STEPS = [
         const finish = dialogWith(page, SETUP_FINISH_TITLE);
         await finish.getByRole('button', { name: 'Submit', exact: true }).last().waitFor({ state: 'visible' });
         // Upgrade later, from the dashboard (the path the steps below show).
-        if (await toggleField(finish, FINISH_UPGRADE_LABEL).count()) await setSwitch(finish, FINISH_UPGRADE_LABEL, false);
+        // HA renders the boolean as a switch whose accessible name is not its label: when
+        // the label is shown, the dialog's one switch is the upgrade toggle.
+        if (await finish.getByText(FINISH_UPGRADE_LABEL, { exact: true }).count()) {
+          const named = toggleField(finish, FINISH_UPGRADE_LABEL);
+          const toggle = (await named.count()) ? named : finish.getByRole('switch').first();
+          await toggle.waitFor({ state: 'visible' });
+          if (await toggle.isChecked()) await finish.getByText(FINISH_UPGRADE_LABEL, { exact: true }).first().click();
+          if (await toggle.isChecked()) await toggle.click({ force: true, timeout: 5_000 });
+          if (await toggle.isChecked()) throw new Error('the "upgrade to full Tasmota now" switch did not turn off');
+        }
         await screenshot('setup-mode-finish');
         await submit(finish);
       }
