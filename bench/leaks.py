@@ -53,6 +53,7 @@ OUR_MODULES = (
     "custom_components.sonoff_ota.config_flow",
     "custom_components.sonoff_ota.sensor",
     "custom_components.sonoff_ota.update",
+    "custom_components.sonoff_ota.button",
     "custom_components.sonoff_ota.diagnostics",
     "custom_components.sonoff_ota.repairs",
 )
