@@ -31,6 +31,7 @@ Moving the host's Wi-Fi onto the device's access points (setup mode)
 Setup mode (the SonOTA method)
 - setup_ap: client for the ITEAD setup AP (stage 1: `/device`, then `/ap` with Wi-Fi and cloud).
 - legacy_tls: TLS for the fake cloud (self-signed certificate, context old firmware accepts).
+- stage_progress: what every stage machine shares (`Listeners`, `weighted_fraction`).
 - json_fields: reading one loosely typed JSON field a device sent (`opt_str`, `opt_int`).
 - ewelink_messages: the eWeLink cloud's wire format (`UpgradeOffer`, dispatch and upgrade bodies).
 - fake_cloud: `FakeCloud`, the server speaking it (HTTPS dispatch, WebSocket, device sessions).

@@ -13,6 +13,8 @@ import enum
 import logging
 import time
 
+from .stage_progress import Listeners, weighted_fraction
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -147,7 +149,7 @@ class FlashTracker:
     """Non-secret facts learnt on the way (deviceid, model, romVersion...)."""
     error: FlashError | None = None
     history: list[HistoryEntry] = field(default_factory=list)
-    _listeners: list[Callable[[FlashTracker], None]] = field(default_factory=list)
+    _listeners: Listeners[FlashTracker] = field(default_factory=Listeners)
 
     def __post_init__(self) -> None:
         """Record the initial stage."""
@@ -169,7 +171,6 @@ class FlashTracker:
         if self.stage is Stage.DONE:
             return 1.0
         order = self.order
-        total = sum(_WEIGHT[s] for s in order)
         current: Stage = self.stage
         if current in END_STAGES:
             # keep the bar where it stood when the flash ended
@@ -177,13 +178,7 @@ class FlashTracker:
                 (h.stage for h in reversed(self.history) if h.stage not in END_STAGES),
                 Stage.PREPARING,
             )
-        done = 0.0
-        for stage in order:
-            if stage is current:
-                done += _WEIGHT[stage] * self.stage_fraction
-                break
-            done += _WEIGHT[stage]
-        return min(done / total, 1.0)
+        return weighted_fraction(order, _WEIGHT, current, self.stage_fraction)
 
     @property
     def percentage(self) -> int:
@@ -192,13 +187,7 @@ class FlashTracker:
 
     def add_listener(self, listener: Callable[[FlashTracker], None]) -> Callable[[], None]:
         """Call `listener` on every change; returns a function that removes it."""
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     def advance(self, stage: Stage, note: str | None = None, **details: str) -> None:
         """Move to `stage`: forwards along the path, or back to an earlier stage to retry it."""
@@ -252,5 +241,4 @@ class FlashTracker:
         return f"Flash {self.device_label or self.path}"
 
     def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener(self)
+        self._listeners.notify(self)

@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Final
 
+from .stage_progress import Listeners, weighted_fraction
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -99,7 +101,7 @@ class UpgradeTracker:
     details: dict[str, str] = field(default_factory=dict)
     error: UpgradeError | None = None
     history: list[UpgradeHistory] = field(default_factory=list)
-    _listeners: list[Callable[[UpgradeTracker], None]] = field(default_factory=list)
+    _listeners: Listeners[UpgradeTracker] = field(default_factory=Listeners)
 
     def __post_init__(self) -> None:
         """Record the first stage."""
@@ -121,14 +123,7 @@ class UpgradeTracker:
                 (h.stage for h in reversed(self.history) if h.stage is not UpgradeStage.FAILED),
                 UpgradeStage.REQUESTED,
             )
-        total = sum(_WEIGHT.values())
-        done = 0.0
-        for stage in _ORDER:
-            if stage is current:
-                done += _WEIGHT[stage] * self.stage_fraction
-                break
-            done += _WEIGHT[stage]
-        return min(done / total, 1.0)
+        return weighted_fraction(_ORDER, _WEIGHT, current, self.stage_fraction)
 
     @property
     def percentage(self) -> int:
@@ -137,13 +132,7 @@ class UpgradeTracker:
 
     def add_listener(self, listener: Callable[[UpgradeTracker], None]) -> Callable[[], None]:
         """Call `listener` on every change; returns the remover."""
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     def advance(self, stage: UpgradeStage, note: str | None = None, **details: str) -> None:
         """Move forward (never back: the bar only grows)."""
@@ -182,5 +171,4 @@ class UpgradeTracker:
         self._notify()
 
     def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener(self)
+        self._listeners.notify(self)
