@@ -43,12 +43,11 @@ from tests.proto.fake_networkmanager import (
     running_fake_nm,
     unix_sockets_allowed,
 )
-from tests.wifi_gate import Gate
+from tests.wifi_gate import Gate, mirror_radio, mirror_tasmota_radio
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
-from virtual_sonoff.tasmota import TasmotaMode
 
 pytestmark = REAL_MQTT_FLOWS
 
@@ -78,35 +77,6 @@ def bus(tmp_path: Path, socket_enabled: None) -> Iterator[BusConfig]:
     """The bus config; phcc blocks AF_UNIX connects unless allowed (see the fake)."""
     with unix_sockets_allowed():
         yield bus_config(tmp_path)
-
-
-async def mirror_radio(device: SetupModeDevice, nm: FakeNetworkManager) -> None:
-    """The device's APs appear in NM's scan list while the device has them up."""
-    itead = nm.add_ap(ITEAD, "12345678")
-    await device.wait_for_stage(DeviceStage.JOINING_WIFI, timeout=60)
-    nm.remove_ap(itead.ssid)
-    while True:
-        await device.finalstage_ap.wait()
-        nm.add_ap("FinalStage", None)
-        while device.finalstage_ap.is_set():  # noqa: ASYNC110  (no event for "cleared")
-            await asyncio.sleep(0.01)
-        nm.remove_ap("FinalStage")
-
-
-async def mirror_tasmota_radio(sonoff: VirtualSonoff, nm: FakeNetworkManager) -> None:
-    """Tasmota's first-boot AP appears in NM's scan list while it is up (open network)."""
-    shown: str | None = None
-    while True:
-        tasmota = sonoff.tasmota
-        up = tasmota is not None and tasmota.mode is TasmotaMode.AP
-        if up and shown is None:
-            assert tasmota is not None
-            shown = tasmota.ap_ssid
-            nm.add_ap(shown, None)
-        elif not up and shown is not None:
-            nm.remove_ap(shown)
-            shown = None
-        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -149,7 +119,7 @@ async def hop_world(
                 mirror = asyncio.create_task(asyncio.sleep(0))
                 nm.add_ap(ITEAD, itead_psk)
             else:
-                mirror = asyncio.create_task(mirror_radio(device, nm))
+                mirror = asyncio.create_task(mirror_radio(device, nm, ITEAD))
             install_settings(
                 hass,
                 firmware,

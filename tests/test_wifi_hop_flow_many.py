@@ -44,12 +44,11 @@ from tests.proto.fake_networkmanager import (
     unix_sockets_allowed,
 )
 from tests.proto.legacy_clients import expect_failed_handshakes
-from tests.wifi_gate import Gate
+from tests.wifi_gate import Gate, mirror_radio, mirror_tasmota_radio
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.profile import Fault, Timing
 from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
-from virtual_sonoff.tasmota import TasmotaMode
 
 pytestmark = REAL_MQTT_FLOWS
 
@@ -96,36 +95,6 @@ class ManyWorld:
         """The device leaves pairing mode: its ITEAD network is gone from the scan."""
         self.radios[index].cancel()
         self.nm.remove_ap(self.sonoffs[index].ssid)
-
-
-async def mirror_radio(sonoff: Sonoff, nm: FakeNetworkManager) -> None:
-    """A device's ITEAD AP, then its FinalStage AP, are in NM's scan list while it has them up."""
-    nm.add_ap(sonoff.ssid, "12345678")
-    device = sonoff.device
-    await device.wait_for_stage(DeviceStage.JOINING_WIFI, timeout=120)
-    nm.remove_ap(sonoff.ssid)
-    while True:
-        await device.finalstage_ap.wait()
-        nm.add_ap("FinalStage", None)
-        while device.finalstage_ap.is_set():  # noqa: ASYNC110  (no event for "cleared")
-            await asyncio.sleep(0.01)
-        nm.remove_ap("FinalStage")
-
-
-async def mirror_tasmota_radio(sonoff: VirtualSonoff, nm: FakeNetworkManager) -> None:
-    """A device's Tasmota first-boot AP is in NM's scan list while it is up (open network)."""
-    shown: str | None = None
-    while True:
-        tasmota = sonoff.tasmota
-        up = tasmota is not None and tasmota.mode is TasmotaMode.AP
-        if up and shown is None:
-            assert tasmota is not None
-            shown = tasmota.ap_ssid
-            nm.add_ap(shown, None)
-        elif not up and shown is not None:
-            nm.remove_ap(shown)
-            shown = None
-        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -181,7 +150,10 @@ async def many_world(
                 tasmota_gate.set(up)
 
         nm.on_connection.append(on_connection)
-        radios = [asyncio.create_task(mirror_radio(s, nm)) for s in sonoffs]
+        radios = [
+            asyncio.create_task(mirror_radio(s.device, nm, s.ssid, join_timeout=120))
+            for s in sonoffs
+        ]
         mirrors = radios + [
             asyncio.create_task(mirror_tasmota_radio(s.sonoff, nm)) for s in sonoffs
         ]

@@ -1,9 +1,11 @@
-"""A loopback port that stands for a device's address reachable only over Wi-Fi.
+"""The radio the Wi-Fi hop tests cannot have: gated ports and the scan list of the fake NM.
 
 `Gate(target)` listens on a fixed 127.0.0.1 port and forwards to `target` only while it is
 open: the Wi-Fi hop tests open it while the fake NetworkManager (or the fake Supervisor)
 reports the host joined to the matching access point, so the device behind it is reachable
-exactly as through the radio, which is what cannot exist here.
+exactly as through the radio, which is what cannot exist here. `mirror_radio` and
+`mirror_tasmota_radio` keep the fake NetworkManager's scan list in step with the access
+points a virtual device has up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import socket
 from typing import Any
 
 from tests.harness import LOOPBACK, free_port
+from tests.proto.fake_networkmanager import FakeNetworkManager
+from virtual_sonoff.lifecycle import VirtualSonoff
+from virtual_sonoff.setup_mode import SetupModeDevice, Stage as DeviceStage
+from virtual_sonoff.tasmota import TasmotaMode
 
 
 class Gate:
@@ -76,3 +82,34 @@ class Gate:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def mirror_radio(
+    device: SetupModeDevice, nm: FakeNetworkManager, ssid: str, *, join_timeout: float = 60
+) -> None:
+    """A device's ITEAD AP (`ssid`), then its FinalStage AP, are in NM's scan list while up."""
+    nm.add_ap(ssid, "12345678")
+    await device.wait_for_stage(DeviceStage.JOINING_WIFI, timeout=join_timeout)
+    nm.remove_ap(ssid)
+    while True:
+        await device.finalstage_ap.wait()
+        nm.add_ap("FinalStage", None)
+        while device.finalstage_ap.is_set():  # noqa: ASYNC110  (no event for "cleared")
+            await asyncio.sleep(0.01)
+        nm.remove_ap("FinalStage")
+
+
+async def mirror_tasmota_radio(sonoff: VirtualSonoff, nm: FakeNetworkManager) -> None:
+    """A device's Tasmota first-boot AP is in NM's scan list while it is up (open network)."""
+    shown: str | None = None
+    while True:
+        tasmota = sonoff.tasmota
+        up = tasmota is not None and tasmota.mode is TasmotaMode.AP
+        if up and shown is None:
+            assert tasmota is not None
+            shown = tasmota.ap_ssid
+            nm.add_ap(shown, None)
+        elif not up and shown is not None:
+            nm.remove_ap(shown)
+            shown = None
+        await asyncio.sleep(0.01)
