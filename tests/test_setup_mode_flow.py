@@ -370,7 +370,8 @@ async def test_two_fetches_at_once_of_the_ended_progress_both_show_the_finish_fo
         assert shown is not None
         assert second["description_placeholders"] == shown
         assert shown["deviceid"] == device.config.deviceid
-        done = await hass.config_entries.flow.async_configure(flow_id, {})
+        # the upgrade to full Tasmota is off: this test is about the end of the flash
+        done = await hass.config_entries.flow.async_configure(flow_id, {"upgrade": False})
         assert done["type"] is FlowResultType.CREATE_ENTRY
 
 
