@@ -42,8 +42,9 @@ from tests.harness import (
     free_port,
     install_settings,
     local_firmware,
+    running_setup_device,
+    setup_device,
     setup_real_mqtt,
-    tasmota_ap_port,
     wait_until,
 )
 from tests.restart_harness import (
@@ -57,10 +58,9 @@ from tests.restart_harness import (
 from virtual_sonoff.ewelink_station import EwelinkStation
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET, USER1_OFFSET
 from virtual_sonoff.intermediate import ARDUINO_PATH, USER2_PATH
-from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
 from virtual_sonoff.mosquitto import MosquittoBroker
 from virtual_sonoff.profile import FAST, Fault, Faults, Timing
-from virtual_sonoff.setup_mode import SetupModeConfig, SetupModeDevice, Stage as DeviceStage
+from virtual_sonoff.setup_mode import SetupModeDevice, Stage as DeviceStage
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -78,32 +78,12 @@ async def flashing_device(
     faults: Faults | None = None,
 ) -> AsyncIterator[tuple[SetupModeDevice, Firmware, MockConfigEntry]]:
     """The entry (it holds the Wi-Fi), the virtual Sonoff in setup mode, its firmware."""
-    async with local_firmware() as firmware:
-        settings = install_settings(hass, firmware)
-        sonoff = VirtualSonoff(
-            "setup",
-            setup=SetupModeConfig(
-                finalstage_server=(LOOPBACK, settings.finalstage_port),
-                timing=timing or FAST,
-                faults=faults or Faults(),
-            ),
-            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
-        )
-        async with sonoff:
-            device = sonoff.ewelink
-            assert isinstance(device, SetupModeDevice)
-            install_settings(
-                hass,
-                firmware,
-                finalstage_port=settings.finalstage_port,
-                setup_ap_url=device.ap_url,
-                tasmota_ap_url=settings.tasmota_ap_url,
-                **({"timeouts": timeouts} if timeouts is not None else {}),
-            )
-            assert await async_setup_component(hass, "http", {})
-            assert await async_setup_component(hass, REPAIRS_DOMAIN, {})
-            entry = await setup_entry(hass)
-            yield device, firmware, entry
+    async with setup_device(
+        hass, timeouts=timeouts, timing=timing or FAST, faults=faults or Faults()
+    ) as (device, firmware, _):
+        assert await async_setup_component(hass, REPAIRS_DOMAIN, {})
+        entry = await setup_entry(hass)
+        yield device, firmware, entry
 
 
 async def start_flow(hass: HomeAssistant) -> dict[str, Any]:
@@ -346,21 +326,7 @@ async def test_restart_before_the_ap_step_and_the_flash_starts_over(
             delay_save(*args, **kwargs)
 
         monkeypatch.setattr(journal._store, "async_delay_save", counted)
-        sonoff = VirtualSonoff(
-            "setup",
-            setup=SetupModeConfig(finalstage_server=(LOOPBACK, settings.finalstage_port)),
-            tasmota_plan=TasmotaPlan(ap_port=tasmota_ap_port(settings)),
-        )
-        async with sonoff:
-            device = sonoff.ewelink
-            assert isinstance(device, SetupModeDevice)
-            install_settings(
-                hass,
-                firmware,
-                finalstage_port=settings.finalstage_port,
-                setup_ap_url=device.ap_url,
-                tasmota_ap_url=settings.tasmota_ap_url,
-            )
+        async with running_setup_device(hass, firmware, settings) as device:
             hass.data.pop(SERVER_KEY)  # the flash server keeps the settings of its creation
             result = await start_flow(hass)
             await hass.async_block_till_done(wait_background_tasks=True)
@@ -371,7 +337,8 @@ async def test_restart_before_the_ap_step_and_the_flash_starts_over(
             chunks = [d for d in device.downloads if d.range is not None]
             assert len(chunks) > 50
             assert 0 < len(saves) < len(chunks) / 3, "a write per chunk"
-            await hass.config_entries.flow.async_configure(result["flow_id"], {})
+            # end the flow without the upgrade to full Tasmota (this test is about the flash)
+            await hass.config_entries.flow.async_configure(result["flow_id"], {"upgrade": False})
         assert not hass.data[JOURNAL_KEY].records, "every outcome ends its record"
 
 
