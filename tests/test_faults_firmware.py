@@ -40,7 +40,15 @@ from custom_components.sonoff_ota.proto.firmware_image import ImageRole
 from custom_components.sonoff_ota.proto.firmware_sources import FirmwareSources
 from custom_components.sonoff_ota.proto.firmware_store import FirmwareStore
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, get_settings
-from tests.harness import LOOPBACK, confirm_and_flash, discover, diy_device, flashed, submit
+from tests.harness import (
+    LOOPBACK,
+    confirm_and_flash,
+    discover,
+    diy_device,
+    flashed,
+    our_tracebacks,
+    submit,
+)
 from tests.leak_check import our_tasks, snapshot
 from tests.proto.firmware_server import firmware_server
 from tests.test_firmware_flow import untouched
@@ -260,6 +268,6 @@ async def test_flash_works_when_the_cache_cannot_be_written(
         assert final["type"] is FlowResultType.CREATE_ENTRY, final
         assert flashed(device) == firmware.tasmota
     assert "serving it from memory" in caplog.text
-    assert "Traceback" not in caplog.text
+    assert our_tracebacks(caplog) == []  # HA's tasmota may log one when MQTT drops at the end
     cache = Path(hass.config.path(DOMAIN, "firmware"))
     assert await hass.async_add_executor_job(_listing, cache) == []
