@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 import json
 import re
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from .eligibility import (
     FLASHABLE_TYPES,
@@ -160,26 +160,23 @@ def parse_fw_version(version: str | None) -> tuple[int, ...] | None:
     return diy_version(version)
 
 
-def check_eligibility(
-    *,
-    device_type: str | None,
-    fw_version: str | None,
-    encrypted: bool,
-    model: str | None = None,
-    deviceid: str | None = None,
-) -> Eligibility:
+class _DiyFacts(TypedDict):
+    """The keywords of `check_eligibility`: those of `eligibility.check_diy`."""
+
+    device_type: str | None
+    fw_version: str | None
+    encrypted: bool
+    model: NotRequired[str | None]
+    """The eWeLink `productModel` when known (cloud), e.g. `BASICR4`."""
+    deviceid: NotRequired[str | None]
+
+
+def check_eligibility(**facts: Unpack[_DiyFacts]) -> Eligibility:
     """Decide, before anything is sent, whether the DIY path may flash this device.
 
-    `model` is the eWeLink `productModel` when known (cloud), e.g. `BASICR4`.
     The verdict is the first matching row of the eligibility table (`check_diy`).
     """
-    decision = check_diy(
-        device_type=device_type,
-        fw_version=fw_version,
-        encrypted=encrypted,
-        model=model,
-        deviceid=deviceid,
-    )
+    decision = check_diy(**facts)
     row = decision.row
     return Eligibility(
         ok=decision.ok,

@@ -113,8 +113,30 @@ class _History:
             index += 1
 
 
-class DeviceSession:
-    """What the cloud knows and plans for one expected device, across reconnects."""
+class _HasHistory:
+    """Reads and awaits `_history`: one device's events, or the whole cloud's."""
+
+    _history: _History
+
+    @property
+    def history(self) -> list[CloudEvent]:
+        """Every event, in order."""
+        return self._history.events
+
+    async def next_event(self, index: int) -> CloudEvent:
+        """Return history[index], waiting until it exists."""
+        return await self._history.next_event(index)
+
+    async def wait_for(self, kind: CloudEventKind, *, start: int = 0) -> CloudEvent:
+        """Wait for the first event of `kind` at or after history index `start`."""
+        return await self._history.wait_for(kind, start)
+
+
+class DeviceSession(_HasHistory):
+    """What the cloud knows and plans for one expected device, across reconnects.
+
+    Its history holds the events of this device only.
+    """
 
     def __init__(
         self,
@@ -141,19 +163,6 @@ class DeviceSession:
             f"DeviceSession(deviceid={self.deviceid!r}, model={self.model!r}, "
             f"rom_version={self.rom_version!r}, acks={self.acks!r})"
         )
-
-    @property
-    def history(self) -> list[CloudEvent]:
-        """Every event of this device, in order."""
-        return self._history.events
-
-    async def next_event(self, index: int) -> CloudEvent:
-        """Return history[index], waiting until it exists."""
-        return await self._history.next_event(index)
-
-    async def wait_for(self, kind: CloudEventKind, *, start: int = 0) -> CloudEvent:
-        """Wait for the first event of `kind` at or after history index `start`."""
-        return await self._history.wait_for(kind, start)
 
     def set_offer(
         self,
@@ -194,8 +203,10 @@ class _Connection:
 CloudListener = Callable[[CloudEvent], None]
 
 
-class FakeCloud:
+class FakeCloud(_HasHistory):
     """Registry of expected devices plus the dispatch and WebSocket handlers.
+
+    Its history holds every event, of expected and unexpected devices alike.
 
     `advertise_ip`/`advertise_port`: what dispatch tells the device (the TLS listener that also
     serves `/api/ws`). With `advertise_ip="0.0.0.0"` the reply carries the local IPv4 address
@@ -245,19 +256,6 @@ class FakeCloud:
     def forget_device(self, deviceid: str) -> None:
         """Stop offering anything to this device."""
         self.sessions.pop(deviceid.lower(), None)
-
-    @property
-    def history(self) -> list[CloudEvent]:
-        """Every event, of expected and unexpected devices alike."""
-        return self._history.events
-
-    async def next_event(self, index: int) -> CloudEvent:
-        """Return the cloud-wide history[index], waiting until it exists."""
-        return await self._history.next_event(index)
-
-    async def wait_for(self, kind: CloudEventKind, *, start: int = 0) -> CloudEvent:
-        """Wait for the first cloud-wide event of `kind` at or after index `start`."""
-        return await self._history.wait_for(kind, start)
 
     def _emit(self, kind: CloudEventKind, deviceid: str | None, **fields: Any) -> None:
         session = self.sessions.get(deviceid) if deviceid else None

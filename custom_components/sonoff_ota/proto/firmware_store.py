@@ -197,17 +197,7 @@ class FirmwareStore:
                 issues=report.errors,
                 report=report,
             )
-        path, memory = await self._cache.keep(data, report.sha256)
-        return StoredImage(
-            path=path,
-            sha256=report.sha256,
-            size=report.size,
-            role=role,
-            report=report,
-            filename=filename,
-            source_url=None,
-            data=memory,
-        )
+        return await self._keep(data, report, role, filename, url=None)
 
     async def read_bytes(self, image: StoredImage) -> bytes:
         """The exact bytes to serve for `image`, checked against its sha256."""
@@ -259,17 +249,23 @@ class FirmwareStore:
         )
         if not report.ok:
             raise self._invalid(report, url)
+        return await self._keep(data, report, role, name, url=url)
+
+    async def _keep(
+        self, data: bytes, report: ImageReport, role: ImageRole, filename: str, *, url: str | None
+    ) -> StoredImage:
+        """Keep validated bytes in the cache; a download (`url`) is indexed once on disk."""
         path, memory = await self._cache.keep(data, report.sha256)
-        if memory is None:
-            await self._cache.remember(url, report, name)
+        if url is not None and memory is None:
+            await self._cache.remember(url, report, filename)
         return StoredImage(
             path=path,
             sha256=report.sha256,
             size=report.size,
             role=role,
             report=report,
-            filename=name,
-            source_url=redact_url(url),
+            filename=filename,
+            source_url=None if url is None else redact_url(url),
             data=memory,
         )
 

@@ -33,7 +33,7 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import Final
+from typing import Final, TypedDict, Unpack
 
 from aiohttp import web
 
@@ -102,6 +102,16 @@ class ImageEvent:
     size: int = 0
     record: FetchRecord | None = None
     result: OtaResult | None = None
+
+
+class _EventFields(TypedDict, total=False):
+    """What an event is told besides its kind (the optional fields of `ImageEvent`)."""
+
+    name: str | None
+    high_water: int
+    size: int
+    record: FetchRecord | None
+    result: OtaResult | None
 
 
 @dataclass(slots=True)
@@ -184,17 +194,8 @@ class ServedSet:
         """
         return max((p.fraction for p in self.progress.values()), default=0.0)
 
-    def _emit(
-        self,
-        kind: ImageEventKind,
-        *,
-        name: str | None = None,
-        high_water: int = 0,
-        size: int = 0,
-        record: FetchRecord | None = None,
-        result: OtaResult | None = None,
-    ) -> ImageEvent:
-        event = ImageEvent(len(self.history), kind, name, high_water, size, record, result)
+    def _emit(self, kind: ImageEventKind, **fields: Unpack[_EventFields]) -> ImageEvent:
+        event = ImageEvent(len(self.history), kind, **fields)
         self.history.append(event)
         self._wakeup.set()
         self._wakeup = asyncio.Event()
@@ -294,19 +295,9 @@ class ImageServer:
         return self._fixed
 
     def _emit(
-        self,
-        served: ServedSet,
-        kind: ImageEventKind,
-        *,
-        name: str | None = None,
-        high_water: int = 0,
-        size: int = 0,
-        record: FetchRecord | None = None,
-        result: OtaResult | None = None,
+        self, served: ServedSet, kind: ImageEventKind, **fields: Unpack[_EventFields]
     ) -> None:
-        event = served._emit(
-            kind, name=name, high_water=high_water, size=size, record=record, result=result
-        )
+        event = served._emit(kind, **fields)
         if self._listener is not None:
             try:
                 self._listener(served, event)

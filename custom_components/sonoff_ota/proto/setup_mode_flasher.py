@@ -363,17 +363,34 @@ class SetupModeFlasher:
             await self.host_wifi.join_finalstage(self.job.timeouts.finalstage)
         if self._join_finalstage is not None:
             await self._join_finalstage()
+
+        def first_fetch(event: ImageEvent) -> bool:
+            if not self._is_finalstage_fetch(event):
+                return False
+            self._note_finalstage_fetch(event.name)
+            return True
+
+        self._finalstage_index = await self._watch_finalstage(
+            served, index, Stage.WAIT_FINALSTAGE, first_fetch
+        )
+
+    async def _watch_finalstage(
+        self, served: ServedSet, index: int, stage: Stage, until: Callable[[ImageEvent], bool]
+    ) -> int:
+        """Hand `served`'s events from `index` on to `until` until it returns True.
+
+        Returns the index after that event; raises `StageTimeoutError(stage)` when the
+        FinalStage timeout passes first.
+        """
         try:
             async with asyncio.timeout(self.job.timeouts.finalstage):
                 while True:
                     event = await served.next_event(index)
                     index += 1
-                    if self._is_finalstage_fetch(event):
-                        self._note_finalstage_fetch(event.name)
-                        self._finalstage_index = index
-                        return
+                    if until(event):
+                        return index
         except TimeoutError as err:
-            raise StageTimeoutError(Stage.WAIT_FINALSTAGE) from err
+            raise StageTimeoutError(stage) from err
 
     @staticmethod
     def _is_finalstage_fetch(event: ImageEvent) -> bool:
@@ -408,29 +425,26 @@ class SetupModeFlasher:
         served = self._require_served()
         if self.host_wifi is not None:  # resumed here after a timeout (restored meanwhile)
             await self.host_wifi.join_finalstage(self.job.timeouts.finalstage)
-        index = self._finalstage_index
-        try:
-            async with asyncio.timeout(self.job.timeouts.finalstage):
-                while True:
-                    event = await served.next_event(index)
-                    index += 1
-                    if self._is_finalstage_fetch(event):
-                        self._note_finalstage_fetch(event.name)
-                    elif event.name in {USER2_NAME, FINAL_NAME} and event.size:
-                        # user2 counts for the first half of a two-session flash.
-                        fraction = event.high_water / event.size
-                        if self._saw_user2:
-                            fraction = (fraction + (event.name == FINAL_NAME)) / 2
-                        self.tracker.update(fraction)
-                        if (
-                            event.name == FINAL_NAME
-                            and event.kind is ImageEventKind.FETCH_DONE
-                            and event.high_water == event.size
-                        ):
-                            self.tracker.update(1.0, finalstage_file="done")
-                            return
-        except TimeoutError as err:
-            raise StageTimeoutError(Stage.FINALSTAGE) from err
+
+        def final_done(event: ImageEvent) -> bool:
+            if self._is_finalstage_fetch(event):
+                self._note_finalstage_fetch(event.name)
+            elif event.name in {USER2_NAME, FINAL_NAME} and event.size:
+                # user2 counts for the first half of a two-session flash.
+                fraction = event.high_water / event.size
+                if self._saw_user2:
+                    fraction = (fraction + (event.name == FINAL_NAME)) / 2
+                self.tracker.update(fraction)
+                if (
+                    event.name == FINAL_NAME
+                    and event.kind is ImageEventKind.FETCH_DONE
+                    and event.high_water == event.size
+                ):
+                    self.tracker.update(1.0, finalstage_file="done")
+                    return True
+            return False
+
+        await self._watch_finalstage(served, self._finalstage_index, Stage.FINALSTAGE, final_done)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -238,6 +238,11 @@ def _check_value(name: str, value: str, *, secret: bool) -> str:
     return value
 
 
+def _command(name: str, value: str, *, secret: bool) -> str:
+    """`<name> <value>` once `value` passed `_check_value` (raises TasmotaSettingsError)."""
+    return f"{name} {_check_value(name, value, secret=secret)}"
+
+
 def build_backlog(settings: TasmotaSettings) -> list[str]:
     """The commands for one `Backlog`, in order. `FullTopic` is never sent (spec §5 item 11).
 
@@ -245,22 +250,20 @@ def build_backlog(settings: TasmotaSettings) -> list[str]:
     """
     cmds: list[str] = []
     if settings.ssid is not None:
-        cmds.append(f"SSID1 {_check_value('SSID1', settings.ssid, secret=False)}")
+        cmds.append(_command("SSID1", settings.ssid, secret=False))
         if settings.wifi_password:
-            pw = _check_value("Password1", settings.wifi_password, secret=True)
-            cmds.append(f"Password1 {pw}")
+            cmds.append(_command("Password1", settings.wifi_password, secret=True))
     if settings.mqtt_host:
-        cmds.append(f"MqttHost {_check_value('MqttHost', settings.mqtt_host, secret=False)}")
+        cmds.append(_command("MqttHost", settings.mqtt_host, secret=False))
         if not 0 < settings.mqtt_port < 65536:
             raise TasmotaSettingsError("invalid_port", "MqttPort", "MQTT port out of range")
         cmds.append(f"MqttPort {settings.mqtt_port}")
         if settings.mqtt_user:
-            cmds.append(f"MqttUser {_check_value('MqttUser', settings.mqtt_user, secret=False)}")
+            cmds.append(_command("MqttUser", settings.mqtt_user, secret=False))
         if settings.mqtt_password:
-            pw = _check_value("MqttPassword", settings.mqtt_password, secret=True)
-            cmds.append(f"MqttPassword {pw}")
+            cmds.append(_command("MqttPassword", settings.mqtt_password, secret=True))
     if settings.topic:
-        cmds.append(f"Topic {_check_value('Topic', settings.topic, secret=False)}")
+        cmds.append(_command("Topic", settings.topic, secret=False))
     if settings.device_name:
         cmds.append(f"DeviceName {_clean_name(settings.device_name)}")
     if settings.friendly_name:
