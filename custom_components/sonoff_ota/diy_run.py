@@ -12,14 +12,13 @@ back on eWeLink (see `flash_recovery`).
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 import logging
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
-from .flash_journal import JournalImage, RunJournal, async_get_journal
+from .flash_journal import JournalImage, async_get_journal
 from .flash_server import FlashServer, async_get_flash_server
 from .issues import RestartState, async_delete_restart_issue, restart_state
 from .proto.diy_client import DiyClient, DiyInfo
@@ -29,6 +28,7 @@ from .proto.firmware_choice import FirmwareChoice
 from .proto.firmware_download import ProgressCallback
 from .proto.firmware_image import ImageRole
 from .proto.flash_stages import FlashPath, FlashTracker
+from .served_run import ServedRun
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class DiyTarget:
     model: str | None = None
 
 
-class DiyRun:
+class DiyRun(ServedRun[DiyFlasher]):
     """A DIY flash from eligibility to the device's result callback."""
 
     def __init__(
@@ -58,21 +58,15 @@ class DiyRun:
         tracker: FlashTracker | None = None,
     ) -> None:
         """Prepare a run; nothing is sent until `check()`/`run()`."""
-        self.hass = hass
+        super().__init__(hass, tracker or FlashTracker(FlashPath.DIY, device_label=target.deviceid))
         self.target = target
         self.callback_host = callback_host
-        self.tracker = tracker or FlashTracker(FlashPath.DIY, device_label=target.deviceid)
         self.tracker.update(None, deviceid=target.deviceid)
-        self._stack = AsyncExitStack()
-        self._server: FlashServer | None = None
-        self._claimed = False
-        self.flasher: DiyFlasher | None = None
         self.synthetic_image = False
         self.firmware = FirmwareChoice()
         """The Tasmota image the user chose (default: the newest lite that fits)."""
         self.image: StoredImage | None = None
         """The checked image, once fetched."""
-        self._journal: RunJournal | None = None
 
     def _client(self, server: FlashServer) -> DiyClient:
         timeouts = server.settings.timeouts
@@ -88,8 +82,7 @@ class DiyRun:
     async def check(self) -> DiyInfo:
         """Read the device and decide eligibility (changes nothing on the device)."""
         server = self._server = await async_get_flash_server(self.hass)
-        server.claim(self.target.deviceid, self.tracker)
-        self._claimed = True
+        self._claim(server, self.target.deviceid)
         journal = await async_get_journal(self.hass)
         if (orphan := journal.orphan_of(self.target.deviceid)) is not None:
             if restart_state(orphan) is RestartState.DIY_DOWNLOAD:
@@ -186,27 +179,10 @@ class DiyRun:
                     )
                 },
             )
-            self._journal = RunJournal(
-                journal,
-                record,
-                self.tracker,
-                lambda: self.flasher.served if self.flasher is not None else None,
-            )
+            self._follow(journal, record)
         await flasher.run()
-
-    async def release_flash(self) -> None:
-        """The device has Tasmota: stop serving the image and close the listener."""
-        if self.flasher is not None:
-            self.flasher.close()
-        await self._stack.aclose()
 
     async def close(self) -> None:
         """Stop serving, free the device, close the listener."""
-        if self._journal is not None:
-            self._journal.end()  # first: HA's shutdown keeps the record (see flash_journal)
-        if self.flasher is not None:
-            self.flasher.close()
-        if self._server is not None and self._claimed:
-            self._server.release(self.target.deviceid, self.tracker)
-            self._claimed = False
-        await self._stack.aclose()
+        self._end_journal()
+        await self._release()

@@ -10,7 +10,7 @@ this process) becomes a repair issue saying where its device was left
   FinalStage listener is opened again at once, serving the same user2 and
   Tasmota images from the cache (checked against the journal's sha256). The
   issue's repair flow shows the progress and then runs the usual hand-off.
-  No upgrade is ever offered to such a device again (`SetupModeRun._claim`);
+  No upgrade is ever offered to such a device again (`SetupModeRun._on_device`);
 - Tasmota was already served whole: the repair flow runs the hand-off only;
 - earlier setup-mode stages: the device still runs eWeLink (an interrupted
   eWeLink OTA writes the inactive slot, §6.4, so the old one still boots);

@@ -11,7 +11,6 @@ half-way; `async_resume` picks such a device up again at FinalStage.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
 import logging
 from pathlib import Path
 
@@ -19,13 +18,7 @@ from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
-from .flash_journal import (
-    FlashJournal,
-    JournalImage,
-    JournalRecord,
-    RunJournal,
-    async_get_journal,
-)
+from .flash_journal import JournalImage, JournalRecord, async_get_journal
 from .flash_server import FlashServer, async_get_flash_server
 from .host_wifi_run import tracked_host_wifi
 from .issues import async_delete_restart_issue
@@ -49,12 +42,13 @@ from .proto.setup_mode_flasher import (
 )
 from .proto.setup_mode_wifi import SetupModeWifi
 from .proto.wifi import WifiSettings
+from .served_run import ServedRun
 from .settings import get_settings
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class SetupModeRun:
+class SetupModeRun(ServedRun[SetupModeFlasher]):
     """A setup-mode flash from first step to FinalStage (see the module docstring)."""
 
     def __init__(
@@ -72,13 +66,9 @@ class SetupModeRun:
         manual hop or None leaves it to the user. The run owns it and restores it on close.
         `setup_ssid` pins the hop to one of several `ITEAD-…` APs in range.
         """
-        self.hass = hass
-        self.tracker = FlashTracker(FlashPath.SETUP_MODE)
+        super().__init__(hass, FlashTracker(FlashPath.SETUP_MODE))
         self.callback_host = callback_host
         self._wifi: WifiSettings | None = wifi
-        self._stack = AsyncExitStack()
-        self._server: FlashServer | None = None
-        self.flasher: SetupModeFlasher | None = None
         self.synthetic_images = False
         self.firmware = FirmwareChoice()
         """The Tasmota image the user chose (default: the newest lite that fits)."""
@@ -89,8 +79,6 @@ class SetupModeRun:
             hass, hop, self.tracker, setup_ssid=setup_ssid
         )
         self._running: asyncio.Task[None] | None = None
-        self._journal: RunJournal | None = None
-        self._claimed: str | None = None
         self._unsub_stop: CALLBACK_TYPE | None = None
         if hop is not None:
             # HA stopping mid-hop: stop the flash and put the network back before it exits.
@@ -163,11 +151,6 @@ class SetupModeRun:
         )
         self._follow(journal, record)
 
-    def _follow(self, journal: FlashJournal, record: JournalRecord) -> None:
-        self._journal = RunJournal(
-            journal, record, self.tracker, lambda: self.flasher.served if self.flasher else None
-        )
-
     def _build_flasher(self, server: FlashServer, images: SetupModeImages) -> None:
         settings = server.settings
         wifi = self._wifi
@@ -195,7 +178,7 @@ class SetupModeRun:
             cloud=server.cloud,
             images=server.images,
             tls_observer=server.tls_observer,
-            on_device=self._claim,
+            on_device=self._on_device,
             finalstage_lock=server.finalstage_lock,
             host_wifi=self.host_wifi,
         )
@@ -239,8 +222,7 @@ class SetupModeRun:
                     FirmwareErrorCode.CACHE_CORRUPT, {"sha256": image.sha256 if image else "?"}
                 )
             data[name] = found
-        server.claim(deviceid, run.tracker)
-        run._claimed = deviceid
+        run._claim(server, deviceid)
         try:
             await run._stack.enter_async_context(server.listeners(plain=True))
         except PortInUseError:
@@ -260,7 +242,7 @@ class SetupModeRun:
         run._follow(journal, record)
         return run
 
-    def _claim(self, device: DeviceInfo) -> None:
+    def _on_device(self, device: DeviceInfo) -> None:
         assert self._server is not None
         if self._journal is not None and (
             orphan := self._journal.journal.orphan_of(device.deviceid)
@@ -271,8 +253,7 @@ class SetupModeRun:
             # Interrupted before anything was written: this flash starts it over.
             self._journal.journal.forget(orphan.flash_id)
             async_delete_restart_issue(self.hass, orphan.flash_id)
-        self._server.claim(device.deviceid, self.tracker)
-        self._claimed = device.deviceid
+        self._claim(self._server, device.deviceid)
 
     async def run(self, from_stage: Stage = Stage.WAIT_SETUP_AP) -> None:
         """Run (or resume at `from_stage`) until the intermediate image fetched Tasmota."""
@@ -296,25 +277,14 @@ class SetupModeRun:
             self._running.cancel()  # the flasher restores in its `finally`
         await self.restore_network()
 
-    async def release_flash(self) -> None:
-        """The device has Tasmota: stop serving images and close the listeners."""
-        if self.flasher is not None:
-            self.flasher.close()
-        await self._stack.aclose()
-
     async def close(self) -> None:
         """Restore the network, close listeners, stop serving, free the device and password."""
         self._wifi = None
-        if self._journal is not None:
-            self._journal.end()  # first: HA's shutdown keeps the record (see flash_journal)
+        self._end_journal()
         if self._unsub_stop is not None:
             self._unsub_stop()
             self._unsub_stop = None
         await self.restore_network()
         if self.flasher is not None:
             self.flasher.job.wifi = WifiSettings(ssid=self.flasher.job.wifi.ssid, password="")
-            self.flasher.close()
-        if self._server is not None and self._claimed is not None:
-            self._server.release(self._claimed, self.tracker)
-            self._claimed = None
-        await self._stack.aclose()
+        await self._release()
