@@ -35,8 +35,8 @@ from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeou
 from tests.harness import (
     LOOPBACK,
     WIFI,
-    our_tracebacks,
     setup_real_mqtt,
+    unexpected_tracebacks,
     wait_until,
 )
 from tests.leak_check import snapshot
@@ -200,6 +200,6 @@ async def test_broker_away_for_good_times_out_with_a_clear_message(
             assert "MQTT broker" in text
         station = (LOOPBACK, device.station_port)  # the device's web server, not ours
         assert (await snapshot(hass)).ours_vs(before, others=[station]) == {}
-        assert our_tracebacks(caplog) == []
+        assert unexpected_tracebacks(caplog) == []
         await hass.config_entries.async_unload(entry.entry_id)
         await hass.async_block_till_done()

@@ -46,8 +46,8 @@ from tests.harness import (
     discover,
     diy_device,
     flashed,
-    our_tracebacks,
     submit,
+    unexpected_tracebacks,
 )
 from tests.leak_check import our_tasks, snapshot
 from tests.proto.firmware_server import firmware_server
@@ -268,6 +268,6 @@ async def test_flash_works_when_the_cache_cannot_be_written(
         assert final["type"] is FlowResultType.CREATE_ENTRY, final
         assert flashed(device) == firmware.tasmota
     assert "serving it from memory" in caplog.text
-    assert our_tracebacks(caplog) == []  # HA's tasmota may log one when MQTT drops at the end
+    assert unexpected_tracebacks(caplog) == []
     cache = Path(hass.config.path(DOMAIN, "firmware"))
     assert await hass.async_add_executor_job(_listing, cache) == []
