@@ -10,6 +10,8 @@ exactly as HA's zeroconf integration would.
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from homeassistant.components.http import ApiConfig
@@ -49,6 +51,33 @@ from virtual_sonoff.diy import DiyStage
 from virtual_sonoff.profile import Fault, Faults, Timing
 
 pytestmark = REAL_MQTT_FLOWS
+INTEGRATION = Path(__file__).parent.parent / "custom_components" / "sonoff_ota"
+
+
+@pytest.mark.parametrize(
+    ("language", "fw_version", "row"),
+    [("en", "3.8.0", "diy_unverified"), ("de", "3.8.0", "diy_unverified"), ("en", "3.6.0", None)],
+)
+async def test_confirm_step_says_why_a_flash_may_not_work_in_the_users_language(
+    hass: HomeAssistant,
+    socket_enabled: None,
+    real_mqtt: None,
+    *,
+    language: str,
+    fw_version: str,
+    row: str | None,
+) -> None:
+    """The eligibility row's own sentence, never its code (`unverified_firmware`)."""
+    hass.config.language = language
+    translations = INTEGRATION / "translations" / f"{language}.json"
+    strings = json.loads(await hass.async_add_executor_job(translations.read_text))
+    async with diy_device(hass, fw_version=fw_version) as (device, _firmware):
+        result = await discover(hass, device)
+        assert result["step_id"] == "diy_confirm"
+        expected = strings["selector"]["eligibility"]["options"][row] if row else ""
+        assert result["description_placeholders"]["warning"] == expected
+        hass.config_entries.flow.async_abort(result["flow_id"])
+        await hass.async_block_till_done()
 
 
 @pytest.mark.parametrize("fw_version", ["3.3.0", "3.5.0", "3.6.0", "3.7.6"])

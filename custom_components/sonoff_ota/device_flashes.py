@@ -52,6 +52,7 @@ from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_devices
 from .listeners import PortInUseError
 from .proto.diy_flasher import DiyFlashError
+from .proto.eligibility import ELIGIBILITY_SELECTOR
 from .proto.firmware_choice import FirmwareChoice
 from .proto.firmware_errors import FirmwareError
 from .proto.flash_batch import run_isolated
@@ -70,8 +71,6 @@ type AfterFlash = Callable[[DiyRun], Awaitable[str | None]]
 _CONFIRM_STEP = "diy_confirm"
 SUMMARY_SELECTOR = "flash_summary"
 """`selector.flash_summary.options.*` in strings.json: the end-of-batch notification."""
-ELIGIBILITY_SELECTOR = "eligibility"
-"""`selector.eligibility.options.<row key>`: the eligibility table's sentences."""
 _batch_numbers = itertools.count(1)
 
 

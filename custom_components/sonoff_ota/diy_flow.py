@@ -31,6 +31,7 @@ from .known_devices import CONF_DEVICES, async_remember_run
 from .proto.diy_client import DiyClient, DiyError
 from .proto.diy_discovery import DiyAdvertError, parse_advert
 from .proto.diy_flasher import DiyFlashError
+from .proto.eligibility import ELIGIBILITY_SELECTOR
 from .proto.firmware_image import ImageRole
 from .proto.flash_stages import Stage
 from .settings import get_settings
@@ -126,6 +127,14 @@ class DiyFlow(FirmwareFlow):
             schema = self.add_suggested_values_to_schema(schema, user_input)
         return self.async_show_form(step_id="diy_manual", data_schema=schema, errors=errors)
 
+    async def _async_eligibility_warning(self, details: dict[str, str]) -> str:
+        """Why the flash may not work, in HA's language: the eligibility row's sentence."""
+        if not details.get("warnings"):
+            return ""
+        await self._async_selector_texts()
+        text = self._selector_text(ELIGIBILITY_SELECTOR, details.get("eligibility"), {})
+        return text if text is not None else details["warnings"]
+
     async def async_step_diy_confirm(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
@@ -155,7 +164,7 @@ class DiyFlow(FirmwareFlow):
                 "deviceid": target.deviceid,
                 "device_type": target.device_type,
                 "fw_version": info.fw_version or "?",
-                "warning": run.tracker.details.get("warnings", ""),
+                "warning": await self._async_eligibility_warning(run.tracker.details),
             }
         has_entry = bool(self._async_current_entries(include_ignore=False))
         errors: dict[str, str] = {}

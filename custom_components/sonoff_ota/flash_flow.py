@@ -22,6 +22,7 @@ from typing import Any
 
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
 from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED
+from homeassistant.helpers.translation import async_get_translations
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .diy_run import DiyRun
@@ -40,7 +41,14 @@ from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_ap import SetupApError
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
-from .proto.setup_mode_wifi import DETAIL
+from .proto.setup_mode_wifi import (
+    DETAIL,
+    DETAIL_ADDRESS,
+    DETAIL_ERROR,
+    DETAIL_INTERFACE,
+    DETAIL_SSID,
+    DETAIL_STATE,
+)
 from .proto.tasmota_discovery import TasmotaDevice
 from .proto.tasmota_handoff_types import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings
@@ -84,6 +92,14 @@ class FlashState:
     frontend may fetch it twice at once) waits for the placeholders instead of racing."""
 
 
+@dataclass(slots=True)
+class FlowTexts:
+    """Our strings in HA's language, for sentences the flow builds at run time."""
+
+    selector: dict[str, str] = field(default_factory=dict)
+    """`selector.*`: the Wi-Fi plan, the hop's status, the eligibility sentences."""
+
+
 class FlashFlow(ConfigFlow):
     """The base of the config flow: the home Wi-Fi, the run, and the flash steps."""
 
@@ -94,6 +110,7 @@ class FlashFlow(ConfigFlow):
         self._run: FlashRun | None = None
         self._flash = FlashState()
         self._firmware = FirmwareState()
+        self._texts = FlowTexts()
 
     def _load_saved_wifi(self) -> None:
         """Take the home Wi-Fi from the config entry (once set up, it is never asked again)."""
@@ -119,6 +136,7 @@ class FlashFlow(ConfigFlow):
         assert run is not None
         flash = self._flash
         if flash.task is None:
+            await self._async_selector_texts()  # the hop's status, in HA's language
             if flash.remove_listener is None:
                 flash.remove_listener = run.tracker.add_listener(self._on_tracker_change)
             flash.task = self.hass.async_create_task(
@@ -300,9 +318,37 @@ class FlashFlow(ConfigFlow):
         """The progress text's key: the stage (the setup-mode flow adds HA's Wi-Fi hop)."""
         return str(run.tracker.stage)
 
+    async def _async_selector_texts(self) -> dict[str, str]:
+        """Load our `selector.*` strings in HA's language once per flow."""
+        if not self._texts.selector:
+            self._texts.selector = await async_get_translations(
+                self.hass, self.hass.config.language, "selector", {DOMAIN}
+            )
+        return self._texts.selector
+
+    def _selector_text(
+        self, selector: str, option: str | None, values: dict[str, str]
+    ) -> str | None:
+        """One loaded `selector.<selector>.options.<option>` string, filled; None if absent."""
+        key = f"component.{DOMAIN}.selector.{selector}.options.{option}"
+        template = self._texts.selector.get(key) if option else None
+        if template is None:
+            return None
+        try:
+            return template.format_map(values)
+        except (KeyError, IndexError, ValueError):
+            return None
+
     def _wifi_hop_text(self, details: dict[str, str]) -> str:
-        """The host's Wi-Fi hop as the tracker words it (the setup-mode flow translates it)."""
-        return details.get(DETAIL, "")
+        """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
+        values = {
+            "ssid": details.get(DETAIL_SSID, ""),
+            "interface": details.get(DETAIL_INTERFACE, ""),
+            "address": details.get(DETAIL_ADDRESS, ""),
+            "error": details.get(DETAIL_ERROR, ""),
+        }
+        text = self._selector_text(DETAIL, details.get(DETAIL_STATE), values)
+        return text if text is not None else details.get(DETAIL, "")
 
     def _placeholders(self, tracker: FlashTracker) -> dict[str, str]:
         details = tracker.details

@@ -42,14 +42,6 @@ from .proto.firmware_cache import StoredImage
 from .proto.firmware_image import ImageRole
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi_types import HopError, HopErrorCode
-from .proto.setup_mode_wifi import (
-    DETAIL,
-    DETAIL_ADDRESS,
-    DETAIL_ERROR,
-    DETAIL_INTERFACE,
-    DETAIL_SSID,
-    DETAIL_STATE,
-)
 from .settings import get_settings
 from .setup_mode_many import DeviceOutcome, ManyDevices, device_label
 from .setup_mode_run import SetupModeRun
@@ -85,9 +77,6 @@ class _Unknown(dict[str, str]):
 class SetupModeState:
     """What the setup-mode path keeps between steps."""
 
-    selector_texts: dict[str, str] = field(default_factory=dict)
-    """Our `selector.*` strings in HA's language (sentences built at run time): the
-    Wi-Fi plan on the form and the hop's status during the flash."""
     config_texts: dict[str, str] = field(default_factory=dict)
     """Our `config.*` strings in HA's language: a stage's text inside "device n of N", and
     a failed device's reason in the summary."""
@@ -182,28 +171,6 @@ class SetupModeFlow(FirmwareFlow):
             description_placeholders=placeholders,
         )
 
-    async def _async_selector_texts(self) -> dict[str, str]:
-        """Load our `selector.*` strings in HA's language once per flow."""
-        state = self._setup_mode
-        if not state.selector_texts:
-            state.selector_texts = await async_get_translations(
-                self.hass, self.hass.config.language, "selector", {DOMAIN}
-            )
-        return state.selector_texts
-
-    def _selector_text(
-        self, selector: str, option: str | None, values: dict[str, str]
-    ) -> str | None:
-        """One loaded `selector.<selector>.options.<option>` string, filled; None if absent."""
-        key = f"component.{DOMAIN}.selector.{selector}.options.{option}"
-        template = self._setup_mode.selector_texts.get(key) if option else None
-        if template is None:
-            return None
-        try:
-            return template.format_map(values)
-        except (KeyError, IndexError, ValueError):
-            return None
-
     async def _async_wifi_plan_text(self, backend: str, interface: str | None) -> str:
         """Who moves the host's Wi-Fi, as one sentence in HA's language."""
         await self._async_selector_texts()
@@ -235,17 +202,6 @@ class SetupModeFlow(FirmwareFlow):
             stage_text=stage_text if stage_text is not None else action,
         )
         return placeholders
-
-    def _wifi_hop_text(self, details: dict[str, str]) -> str:
-        """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
-        values = {
-            "ssid": details.get(DETAIL_SSID, ""),
-            "interface": details.get(DETAIL_INTERFACE, ""),
-            "address": details.get(DETAIL_ADDRESS, ""),
-            "error": details.get(DETAIL_ERROR, ""),
-        }
-        text = self._selector_text(DETAIL, details.get(DETAIL_STATE), values)
-        return text if text is not None else super()._wifi_hop_text(details)
 
     # -- several devices in pairing mode ---------------------------------------------------------
 

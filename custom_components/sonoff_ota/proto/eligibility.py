@@ -129,6 +129,10 @@ type VersionRange = tuple[Version, Version | None]
 """[from, below): major.minor, `below` None = no upper bound."""
 
 
+ELIGIBILITY_SELECTOR: Final = "eligibility"
+"""The rows' sentences are `selector.eligibility.options.<row key>` in strings.json."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """One kind of device: what it is, which path flashes it, and what the user is told."""
