@@ -255,14 +255,19 @@ async def phone_sends_the_link(hass: HomeAssistant, flow_id: str, world: DiyHopW
 # -- the config flow ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("language", "joined"), [("en", "on {} as"), ("de", "mit {} verbunden als")]
+)
 async def test_diy_flow_hops_to_tasmotas_ap_and_back(
-    hass: HomeAssistant, bus: BusConfig, real_mqtt: None
+    hass: HomeAssistant, bus: BusConfig, real_mqtt: None, language: str, joined: str
 ) -> None:
     """Discovered, confirmed, flashed; HA joins tasmota_… itself, sends the Backlog, goes home.
 
     Tasmota's AP is reachable only through the hop (the gate opens while NM is joined),
-    so the device in HA proves the hop configured it; no phone link was needed.
+    so the device in HA proves the hop configured it; no phone link was needed. The
+    hop's status in the progress text is in HA's language.
     """
+    hass.config.language = language
     async with (
         nm_radio(bus) as (settings, radio, nm),
         diy_hop_world(hass, settings, radio) as world,
@@ -286,7 +291,8 @@ async def test_diy_flow_hops_to_tasmotas_ap_and_back(
     }
     assert "tasmota_ap_wifi_hop" in actions, actions
     hops = watch.progress_placeholders("wifi_hop")
-    assert any(text.startswith(f"on {tasmota.ap_ssid} as 192.168.4.2") for text in hops), hops
+    on_ap = f"{joined.format(tasmota.ap_ssid)} 192.168.4.2"
+    assert any(text.startswith(on_ap) for text in hops), hops
 
 
 async def test_failed_hop_falls_back_to_the_phone_link(
