@@ -18,7 +18,7 @@ import logging
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
-from .flash_journal import JournalImage, async_get_journal
+from .flash_journal import async_get_journal
 from .flash_server import FlashServer, async_get_flash_server
 from .issues import RestartState, async_delete_restart_issue, restart_state
 from .proto.diy_client import DiyClient, DiyInfo
@@ -159,27 +159,15 @@ class DiyRun(ServedRun[DiyFlasher]):
             await self._stack.enter_async_context(server.listeners(plain=True))
         flasher = self._flasher(server, image)
         if self._journal is None:
-            journal = await async_get_journal(self.hass)
             info = flasher.info
-            record = journal.begin(
-                self.tracker.path,
-                self.tracker.stage,
+            await self._async_journal(
+                {IMAGE_NAME: stored},
                 deviceid=self.target.deviceid,
                 model=self.target.model,
                 fw_version=info.fw_version if info is not None else None,
                 host=self.target.host,
                 port=self.target.port,
-                images={
-                    IMAGE_NAME: JournalImage(
-                        name=IMAGE_NAME,
-                        size=stored.size,
-                        sha256=stored.sha256,
-                        url=stored.source_url,
-                        cache_path=str(stored.path),
-                    )
-                },
             )
-            self._follow(journal, record)
         await flasher.run()
 
     async def close(self) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 import logging
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 import uuid
 
 from homeassistant.core import HomeAssistant, callback
@@ -38,6 +38,9 @@ from .proto.diy_flasher import IMAGE_NAME as DIY_NAME
 from .proto.flash_stages import END_STAGES, FlashPath, FlashTracker, Stage
 from .proto.image_server import ServedSet
 from .proto.setup_mode_flasher import FINAL_NAME, USER1_NAME, USER2_NAME
+
+if TYPE_CHECKING:
+    from .proto.firmware_cache import StoredImage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,6 +63,17 @@ class JournalImage:
     """Where it came from (user info already removed by the firmware store)."""
     cache_path: str | None = None
     """The verified copy in the firmware cache."""
+
+    @classmethod
+    def of(cls, name: str, image: StoredImage) -> JournalImage:
+        """A checked image of the firmware store, as the journal keeps it under `name`."""
+        return cls(
+            name=name,
+            size=image.size,
+            sha256=image.sha256,
+            url=image.source_url,
+            cache_path=str(image.path),
+        )
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> JournalImage | None:

@@ -9,15 +9,23 @@ it, see `flash_journal`), then the flasher, the claim and the listeners.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from homeassistant.core import HomeAssistant
 
-from .flash_journal import FlashJournal, JournalRecord, RunJournal
+from .flash_journal import (
+    FlashJournal,
+    JournalImage,
+    JournalRecord,
+    RunJournal,
+    async_get_journal,
+)
 
 if TYPE_CHECKING:
     from .flash_server import FlashServer
+    from .proto.firmware_cache import StoredImage
     from .proto.flash_stages import FlashTracker
     from .proto.image_server import ServedSet
 
@@ -49,6 +57,17 @@ class ServedRun[F: ServingFlasher]:
         """Hold `deviceid` on `server` until `close()` (raises when another run has it)."""
         server.claim(deviceid, self.tracker)
         self._claimed = deviceid
+
+    async def _async_journal(self, images: Mapping[str, StoredImage], **fields: Any) -> None:
+        """Start this run's journal record (its images and `fields`) and keep it current."""
+        journal = await async_get_journal(self.hass)
+        record = journal.begin(
+            self.tracker.path,
+            self.tracker.stage,
+            images={name: JournalImage.of(name, image) for name, image in images.items()},
+            **fields,
+        )
+        self._follow(journal, record)
 
     def _follow(self, journal: FlashJournal, record: JournalRecord) -> None:
         """Keep `record` current from the tracker until `close()`."""

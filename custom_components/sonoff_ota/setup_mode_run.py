@@ -18,7 +18,7 @@ from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 
-from .flash_journal import JournalImage, JournalRecord, async_get_journal
+from .flash_journal import JournalRecord, async_get_journal
 from .flash_server import FlashServer, async_get_flash_server
 from .host_wifi_run import tracked_host_wifi
 from .issues import async_delete_restart_issue
@@ -132,24 +132,9 @@ class SetupModeRun(ServedRun[SetupModeFlasher]):
             await self._stack.aclose()
             raise
         self._build_flasher(server, images)
-        journal = await async_get_journal(self.hass)
-        record = journal.begin(
-            self.tracker.path,
-            self.tracker.stage,
-            images={
-                name: JournalImage(
-                    name=name,
-                    size=image.size,
-                    sha256=image.sha256,
-                    url=image.source_url,
-                    cache_path=str(image.path),
-                )
-                for name, image in zip(
-                    (USER1_NAME, USER2_NAME, FINAL_NAME), self.images, strict=True
-                )
-            },
+        await self._async_journal(
+            dict(zip((USER1_NAME, USER2_NAME, FINAL_NAME), self.images, strict=True))
         )
-        self._follow(journal, record)
 
     def _build_flasher(self, server: FlashServer, images: SetupModeImages) -> None:
         settings = server.settings

@@ -12,6 +12,8 @@ import re
 from typing import Any
 
 DEFAULT_DISCOVERY_PREFIX = "tasmota/discovery"
+DEFAULT_FULL_TOPIC = "%prefix%/%topic%/"
+"""Tasmota's FullTopic when discovery does not say otherwise."""
 # Same character class as hatasmota's topic regex (spec §3.5).
 _TOPIC_RE = re.compile(r"^(?P<prefix>.+)/(?P<mac>[A-Z0-9_-]+)/(?P<kind>config|sensors)$")
 AP_SSID_RE = re.compile(r"^tasmota[-_][0-9A-F]{6}-\d{4}$")
@@ -99,14 +101,17 @@ class TasmotaDevice:
     ip: str
     topic: str
     sw: str
+    """Discovery `sw`: the version number only; `(lite)` is in Status 2 only."""
     device_name: str
     model: str
+    """Discovery `md` (module/template name)."""
     relays: int
     """Relay slots in use (`rl` entries that are not 0)."""
     hostname: str
     relay_types: tuple[int, ...] = ()
     friendly_names: tuple[str, ...] = ()
     full_topic: str | None = None
+    """Discovery `ft`; None: Tasmota's default (`DEFAULT_FULL_TOPIC`)."""
 
     @property
     def is_lite(self) -> bool:

@@ -6,7 +6,7 @@ The tracker detail keys (`DETAIL_*`) are what the hand-off reports on its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 import enum
 from typing import Final
 
@@ -124,24 +124,12 @@ class HandoffTimeouts:
     """MAC unknown: after the first new device, how long a second one makes it ambiguous."""
 
 
-@dataclass(frozen=True, slots=True)
-class HandoffResult:
-    """The Tasmota device HA will get."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffResult(TasmotaDevice):
+    """The Tasmota device HA will get: its discovery, and how it got there."""
 
-    mac: str
-    """12 uppercase hex digits (as in the discovery topic)."""
-    ip: str
-    topic: str
-    sw: str
-    """Discovery `sw`: the version number only; `(lite)` is in Status 2 only."""
-    device_name: str
-    model: str
-    """Discovery `md` (module/template name)."""
     model_known: bool
     """False: the eWeLink model was not in the table and Tasmota kept its default module."""
-    relays: int
-    hostname: str
-    full_topic: str
     configured_by: ConfiguredBy
 
     @classmethod
@@ -149,22 +137,5 @@ class HandoffResult:
         cls, device: TasmotaDevice, *, model_known: bool, configured_by: ConfiguredBy
     ) -> HandoffResult:
         """Build the result from a parsed discovery message."""
-        return cls(
-            mac=device.mac,
-            ip=device.ip,
-            topic=device.topic,
-            sw=device.sw,
-            device_name=device.device_name,
-            model=device.model,
-            model_known=model_known,
-            relays=device.relays,
-            hostname=device.hostname,
-            full_topic=device.full_topic or "%prefix%/%topic%/",
-            configured_by=configured_by,
-        )
-
-    def command_topic(self, command: str) -> str:
-        """`cmnd/<topic>/<command>` from the device's FullTopic."""
-        base = self.full_topic.replace("%prefix%", "cmnd").replace("%topic%", self.topic)
-        base = base.replace("%hostname%", self.hostname).replace("%id%", self.mac[-6:])
-        return (base if base.endswith("/") else base + "/") + command
+        discovered = {name.name: getattr(device, name.name) for name in fields(TasmotaDevice)}
+        return cls(**discovered, model_known=model_known, configured_by=configured_by)

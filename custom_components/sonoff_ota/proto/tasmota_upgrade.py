@@ -34,7 +34,12 @@ import logging
 import re
 from typing import Any, Final
 
-from .tasmota_discovery import TasmotaDevice, TasmotaDiscoveryError, parse_discovery
+from .tasmota_discovery import (
+    DEFAULT_FULL_TOPIC,
+    TasmotaDevice,
+    TasmotaDiscoveryError,
+    parse_discovery,
+)
 from .tasmota_handoff_types import HandoffResult
 from .tasmota_mqtt_feed import DiscoveryFeed, MqttIn, Publish
 from .tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeStage, UpgradeTracker
@@ -78,17 +83,17 @@ class UpgradeTarget:
 
     mac: str
     topic: str
-    full_topic: str = "%prefix%/%topic%/"
+    full_topic: str = DEFAULT_FULL_TOPIC
     hostname: str = ""
     sw: str = ""
 
     @classmethod
     def from_discovery(cls, device: TasmotaDevice) -> UpgradeTarget:
-        """From a parsed discovery message."""
+        """From a parsed discovery message (a hand-off's result is one, too)."""
         return cls(
             mac=device.mac,
             topic=device.topic,
-            full_topic=device.full_topic or "%prefix%/%topic%/",
+            full_topic=device.full_topic or DEFAULT_FULL_TOPIC,
             hostname=device.hostname,
             sw=device.sw,
         )
@@ -96,13 +101,7 @@ class UpgradeTarget:
     @classmethod
     def from_handoff(cls, result: HandoffResult) -> UpgradeTarget:
         """The device a hand-off just delivered (a flow's last step upgrades it)."""
-        return cls(
-            mac=result.mac,
-            topic=result.topic,
-            full_topic=result.full_topic,
-            hostname=result.hostname,
-            sw=result.sw,
-        )
+        return cls.from_discovery(result)
 
     def topic_for(self, prefix: str, leaf: str) -> str:
         """`<prefix>/<topic>/<leaf>` through the device's FullTopic."""
