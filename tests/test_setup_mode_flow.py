@@ -111,6 +111,7 @@ async def test_pinned_certificate_firmware_gets_the_clear_error(
         final = await flash_result(hass, result["flow_id"])
         assert final["type"] is FlowResultType.ABORT
         assert final["reason"] == "certificate_pinned"
+        assert final["description_placeholders"] == {"rom_version": "?"}  # the text has one
         assert device.reached(DeviceStage.TLS_REJECTED)
         assert not hass.config_entries.async_entries(DOMAIN)
 

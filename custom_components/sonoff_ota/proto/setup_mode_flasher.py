@@ -250,7 +250,8 @@ class SetupModeFlasher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if pinning in done:
-            raise SetupModeError("certificate_pinned")
+            # No dispatch, so no romVersion (`/device` does not carry it): "?" as elsewhere.
+            raise SetupModeError("certificate_pinned", rom_version="?")
         if waiter not in done:
             raise StageTimeoutError(Stage.WAIT_DISPATCH)
         event = waiter.result()
