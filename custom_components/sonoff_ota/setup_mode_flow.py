@@ -42,6 +42,7 @@ from .proto.firmware_cache import StoredImage
 from .proto.firmware_image import ImageRole
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.host_wifi_types import HopError, HopErrorCode
+from .proto.setup_mode_wifi import hop_error
 from .settings import get_settings
 from .setup_mode_many import DeviceOutcome, ManyDevices, device_label
 from .setup_mode_run import SetupModeRun
@@ -115,9 +116,9 @@ class SetupModeFlow(FirmwareFlow):
                 self.hass, settings, home_wifi=self._wifi, confirm_wifi_only=True
             )
         except HopError as err:
-            return self.async_abort(
-                reason=f"wifi_{err.code.value}", description_placeholders={"detail": str(err)}
-            )
+            # Before any join: no network yet, but the same texts (and their placeholders).
+            error = hop_error(err, "?", None)
+            return self.async_abort(reason=error.code, description_placeholders=error.placeholders)
         placeholders["wifi_backend"] = str(plan.backend)
         placeholders["wifi_interface"] = plan.interface or "?"
         # Loads the selector strings the flash's hop status is rendered from, too.
