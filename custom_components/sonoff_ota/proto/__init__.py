@@ -36,6 +36,7 @@ Setup mode (the SonOTA method)
 - ewelink_messages: the eWeLink cloud's wire format (`UpgradeOffer`, dispatch and upgrade bodies).
 - fake_cloud: `FakeCloud`, the server speaking it (HTTPS dispatch, WebSocket, device sessions).
 - http_range: one HTTP `Range: bytes=` header, parsed and clamped (`parse_range`, `ByteRange`).
+- image_names: the file names the devices fetch (fixed by their firmware or our URLs).
 - image_server: `ImageServer`, the firmware download server of both paths and its served sets.
 - setup_mode_errors: why a setup-mode flash stopped (`SetupModeError`, `StageTimeoutError`).
 - setup_mode_wifi: `SetupModeWifi`, the hops at the points a setup-mode flash needs them.
