@@ -20,9 +20,14 @@ FLASH_MODULES: tuple[str, ...] = (
     "handoff_run",
     "flash_server",
     "flash_recovery",
-    "tasmota_upgrade_run",
+    "setup_mode_many",
 )
-"""Every module a flash, a hand-off, an upgrade or a recovery needs (with theirs)."""
+"""Every module a flash, a hand-off or a recovery needs (with theirs).
+
+Not `tasmota_upgrade_run`: the "Tasmota firmware" entities and diagnostics use it while
+idle (the chosen build, the newest release, the last upgrades), and what it imports
+they need anyway.
+"""
 
 
 async def async_load_flash_stack(hass: HomeAssistant) -> None:
