@@ -49,10 +49,8 @@ from .flash_stack import async_load_flash_stack
 from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_devices
 from .proto.firmware_choice import FirmwareChoice
-from .proto.firmware_errors import FirmwareError
 from .proto.flash_batch import run_isolated
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_handoff_types import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
 from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
 
@@ -191,6 +189,8 @@ class DeviceFlashes:
         from .handoff_run import HandoffLinkError  # noqa: PLC0415
         from .listeners import PortInUseError  # noqa: PLC0415
         from .proto.diy_flasher import DiyFlashError  # noqa: PLC0415
+        from .proto.firmware_errors import FirmwareError  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import AmbiguousDeviceError, HandoffError  # noqa: PLC0415
 
         deviceid = record.deviceid
         assert record.host is not None  # checked by async_install

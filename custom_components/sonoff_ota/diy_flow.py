@@ -26,7 +26,6 @@ from .firmware_form import CONF_FIRMWARE, firmware_section
 from .flash_flow import FlashRun
 from .flash_stack import async_load_flash_stack
 from .known_devices import CONF_DEVICES, async_remember_run
-from .proto.firmware_image import ImageRole
 from .proto.flash_stages import Stage
 from .settings import get_settings
 
@@ -141,6 +140,7 @@ class DiyFlow(FirmwareFlow):
         from .diy_run import DiyRun  # noqa: PLC0415
         from .flash_server import DeviceBusyError  # noqa: PLC0415
         from .proto.diy_flasher import DiyFlashError  # noqa: PLC0415
+        from .proto.firmware_image import ImageRole  # noqa: PLC0415
 
         if (mqtt_missing := self._abort_without_mqtt()) is not None:
             return mqtt_missing

@@ -11,14 +11,16 @@ the user confirms before the flash goes on.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigFlowResult
 import voluptuous as vol
 
 from .firmware_form import CONF_FIRMWARE_FILE, async_parse_choice, firmware_fields
 from .flash_flow import FlashFlow
-from .proto.firmware_image import ImageRole
+
+if TYPE_CHECKING:
+    from .proto.firmware_image import ImageRole
 
 
 class FirmwareFlow(FlashFlow):
@@ -46,7 +48,9 @@ class FirmwareFlow(FlashFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """The image could not be used: say why, and take another choice (or retry)."""
-        from .diy_run import DiyRun  # noqa: PLC0415 - loaded: the flash that failed here
+        # Loaded: the flash that failed here.
+        from .diy_run import DiyRun  # noqa: PLC0415
+        from .proto.firmware_image import ImageRole  # noqa: PLC0415
 
         run, firmware = self._run, self._firmware
         assert run is not None

@@ -31,10 +31,8 @@ from .firmware_form import (
     notice_step,
 )
 from .known_devices import async_remember_run
-from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
-from .proto.tasmota_handoff_types import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings
 from .tasmota_link import (
     MQTT_SETUP_PATH,
@@ -152,7 +150,13 @@ class FlashFlow(ConfigFlow):
         from .handoff_run import HandoffLinkError, HandoffRun  # noqa: PLC0415
         from .listeners import PortInUseError  # noqa: PLC0415
         from .proto.diy_flasher import DiyFlashError  # noqa: PLC0415
+        from .proto.firmware_errors import FirmwareError  # noqa: PLC0415
         from .proto.setup_ap import SetupApError  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import (  # noqa: PLC0415
+            AmbiguousDeviceError,
+            EwelinkIdentity,
+            HandoffError,
+        )
         from .setup_mode_run import SetupModeRun  # noqa: PLC0415
 
         flash, firmware = self._flash, self._firmware

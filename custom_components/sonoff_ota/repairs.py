@@ -39,7 +39,6 @@ from .issues import (
 from .listeners import async_check_port_free
 from .proto.flash_stages import FlashTracker
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
-from .proto.tasmota_handoff_types import HandoffError
 from .tasmota_link import MqttUnavailableError
 
 if TYPE_CHECKING:
@@ -219,7 +218,9 @@ class ResumeFlashRepairFlow(_ProgressFlow):
         return self.async_show_progress_done(next_step_id="done")
 
     async def _handoff(self, resumed: ResumedFlash) -> None:
-        from .handoff_run import HandoffLinkError  # noqa: PLC0415 - loaded by async_step_init
+        # Loaded by async_step_init.
+        from .handoff_run import HandoffLinkError  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import HandoffError  # noqa: PLC0415
 
         try:
             self._outcome = await resumed.async_handoff()

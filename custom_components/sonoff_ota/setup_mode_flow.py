@@ -37,7 +37,6 @@ from .flash_flow import FlashRun, FlashState
 from .flash_stack import async_load_flash_stack
 from .issues import async_update_port_issue
 from .known_devices import async_remember_run
-from .proto.firmware_image import ImageRole
 from .proto.flash_stages import FlashTracker, Stage
 from .settings import get_settings
 
@@ -108,6 +107,7 @@ class SetupModeFlow(FirmwareFlow):
         # Loaded just above.
         from .flash_server import async_get_flash_server  # noqa: PLC0415
         from .host_wifi_run import async_prepare_hop  # noqa: PLC0415
+        from .proto.firmware_image import ImageRole  # noqa: PLC0415
         from .proto.host_wifi_types import HopError, HopErrorCode  # noqa: PLC0415
         from .setup_mode_run import SetupModeRun  # noqa: PLC0415
 
