@@ -35,6 +35,7 @@ ONLY_FLASHING: tuple[str, ...] = (
     "proto.diy_flasher",
     "proto.fake_cloud",
     "proto.firmware_cache",
+    "proto.firmware_image",
     "proto.firmware_store",
     "proto.image_server",
     "proto.legacy_tls",

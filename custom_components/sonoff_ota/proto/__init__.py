@@ -8,6 +8,7 @@ The modules, in the order a flash's data flows through them:
 What the user gives and what gets flashed
 - wifi: validation of the home Wi-Fi settings the device is given.
 - firmware_choice: the user's choice of Tasmota image (`FirmwareChoice`, `FirmwareSource`).
+- sonota_files: SonOTA's files at the pinned commit (names, sha256), the only images known offline.
 - firmware_sources: where each image comes from (URLs, pins, release numbers, `redact_url`).
 - firmware_download: `FirmwareDownloader`, one image into memory (cap, timeouts, single-flight).
 - firmware_image: image roles, limits, pinned known images and validation (pure functions).
