@@ -65,12 +65,17 @@ HA_MODULES = (
     "homeassistant.components.file_upload",
     "homeassistant.components.diagnostics",
     "homeassistant.components.repairs",
+    "homeassistant.components.button",
     "homeassistant.components.sensor",
     "homeassistant.components.update",
     "homeassistant.components.zeroconf",
     "homeassistant.helpers.service_info.zeroconf",
 )
-"""What a running HA has loaded before it imports us (not counted as ours)."""
+"""What a running HA has loaded before it imports us (not counted as ours).
+
+Among them the entity integrations of our three platforms (button, sensor, update): HA's
+own, shared by every integration with such entities (`const.BASE_PLATFORMS`).
+"""
 BOUND = 120.0
 """Seconds any one scenario may take before the bench gives up on it."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
@@ -14,15 +15,15 @@ import voluptuous as vol
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .device_entity import async_sync_ha_devices
 from .device_flashes import DeviceFlashes
-from .diy_run import DiyRun
-from .flash_recovery import async_recover
-from .handoff_run import HandoffRun
+from .flash_journal import async_get_journal
+from .flash_stack import async_load_flash_stack
 from .issues import async_track_mqtt
 from .known_devices import async_adopt_pending_devices, signal_devices_updated
-from .proto.tasmota_handoff_types import EwelinkIdentity
-from .proto.wifi import WifiSettings
 from .services import async_setup_services
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
+
+if TYPE_CHECKING:
+    from .diy_run import DiyRun
 
 PLATFORMS = [Platform.BUTTON, Platform.SENSOR, Platform.UPDATE]
 
@@ -54,6 +55,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
 
     async def hand_over(run: DiyRun) -> str | None:
         """After a dashboard flash: Tasmota's Wi-Fi and MQTT, then its HA device."""
+        # Loaded: the dashboard flash that calls this loaded the flash stack.
+        from .handoff_run import HandoffRun  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import EwelinkIdentity  # noqa: PLC0415
+        from .proto.wifi import WifiSettings  # noqa: PLC0415
+
         await run.release_flash()
         wifi = WifiSettings(entry.data[CONF_SSID], entry.data[CONF_WIFI_PASSWORD])
         identity = EwelinkIdentity(deviceid=run.target.deviceid, model=run.target.model)
@@ -78,7 +84,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
     )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     # A restart cut a flash: say where its device is, and serve FinalStage again.
-    await async_recover(hass, entry)
+    if (await async_get_journal(hass)).orphans():
+        await async_load_flash_stack(hass)
+        from .flash_recovery import async_recover  # noqa: PLC0415 - loaded just above
+
+        await async_recover(hass, entry)
     return True
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import enum
 import itertools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import network, persistent_notification
 from homeassistant.config_entries import ConfigEntry
@@ -44,22 +44,19 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.translation import async_get_translations
 
 from .const import DOMAIN, PATH_DIY
-from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .firmware_form import firmware_error_message
-from .flash_server import DeviceBusyError, async_get_flash_server
-from .handoff_run import HandoffLinkError
+from .flash_stack import async_load_flash_stack
 from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_devices
-from .listeners import PortInUseError
-from .proto.diy_flasher import DiyFlashError
 from .proto.eligibility import ELIGIBILITY_SELECTOR
 from .proto.firmware_choice import FirmwareChoice
-from .proto.firmware_errors import FirmwareError
 from .proto.flash_batch import run_isolated
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_handoff_types import AmbiguousDeviceError, HandoffError
 from .settings import get_settings
 from .tasmota_link import MQTT_SETUP_PATH, MqttUnavailableError
+
+if TYPE_CHECKING:
+    from .diy_run import DiyRun, DiyTarget
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -184,6 +181,16 @@ class DeviceFlashes:
             self._active.discard(deviceid)
 
     async def _async_install(self, record: DeviceRecord, firmware: FirmwareChoice | None) -> None:
+        await async_load_flash_stack(self.hass)
+        # Loaded just above (the first dashboard flash imports them off the event loop).
+        from .diy_run import DiyRun  # noqa: PLC0415
+        from .flash_server import DeviceBusyError, async_get_flash_server  # noqa: PLC0415
+        from .handoff_run import HandoffLinkError  # noqa: PLC0415
+        from .listeners import PortInUseError  # noqa: PLC0415
+        from .proto.diy_flasher import DiyFlashError  # noqa: PLC0415
+        from .proto.firmware_errors import FirmwareError  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import AmbiguousDeviceError, HandoffError  # noqa: PLC0415
+
         deviceid = record.deviceid
         assert record.host is not None  # checked by async_install
         await async_get_flash_server(self.hass)  # flows may not have created it yet
@@ -409,6 +416,8 @@ def _summary_line(texts: Mapping[str, str], result: BatchResult) -> str:
 
 
 def _target(record: DeviceRecord) -> DiyTarget:
+    from .diy_run import DIY_PORT, DiyTarget  # noqa: PLC0415 - loaded by `_async_install`
+
     assert record.host is not None
     return DiyTarget(
         deviceid=record.deviceid,

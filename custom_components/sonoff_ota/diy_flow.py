@@ -11,7 +11,7 @@ progress text says so (the phone link stays as the fallback).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import network
 from homeassistant.config_entries import ConfigFlowResult
@@ -21,20 +21,17 @@ from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 import voluptuous as vol
 
-from .diy_run import DIY_PORT, DiyRun, DiyTarget
 from .firmware_flow import FirmwareFlow
 from .firmware_form import CONF_FIRMWARE, firmware_section
 from .flash_flow import FlashRun
-from .flash_recovery import async_device_announced
-from .flash_server import DeviceBusyError
+from .flash_stack import async_load_flash_stack
 from .known_devices import CONF_DEVICES, async_remember_run
-from .proto.diy_client import DiyClient, DiyError
-from .proto.diy_discovery import DiyAdvertError, parse_advert
-from .proto.diy_flasher import DiyFlashError
 from .proto.eligibility import ELIGIBILITY_SELECTOR
-from .proto.firmware_image import ImageRole
 from .proto.flash_stages import Stage
 from .settings import get_settings
+
+if TYPE_CHECKING:
+    from .diy_run import DiyTarget
 
 CONF_DEVICEID = "deviceid"
 CONF_FLASH_NOW = "flash_now"
@@ -60,6 +57,11 @@ class DiyFlow(FirmwareFlow):
 
     async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
         """An eWeLink device announced itself on the LAN (`_ewelink._tcp`)."""
+        await async_load_flash_stack(self.hass)  # the discovered DIY path starts here
+        from .diy_run import DIY_PORT, DiyTarget  # noqa: PLC0415 - loaded just above
+        from .flash_recovery import async_device_announced  # noqa: PLC0415
+        from .proto.diy_discovery import DiyAdvertError, parse_advert  # noqa: PLC0415
+
         try:
             advert = parse_advert(discovery_info.properties, discovery_info.name)
         except DiyAdvertError:
@@ -96,6 +98,10 @@ class DiyFlow(FirmwareFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """MDNS fails on many networks: take the device's IP address by hand."""
+        await async_load_flash_stack(self.hass)  # the manual DIY path starts here
+        from .diy_run import DIY_PORT, DiyTarget  # noqa: PLC0415 - loaded just above
+        from .proto.diy_client import DiyClient, DiyError  # noqa: PLC0415
+
         errors: dict[str, str] = {}
         if user_input is not None:
             host = user_input[CONF_HOST].strip()
@@ -139,6 +145,12 @@ class DiyFlow(FirmwareFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Show the eligibility verdict; flashing starts only after the user confirms."""
+        # Loaded: the step that found the device (zeroconf or diy_manual) loaded them.
+        from .diy_run import DiyRun  # noqa: PLC0415
+        from .flash_server import DeviceBusyError  # noqa: PLC0415
+        from .proto.diy_flasher import DiyFlashError  # noqa: PLC0415
+        from .proto.firmware_image import ImageRole  # noqa: PLC0415
+
         if (mqtt_missing := self._abort_without_mqtt()) is not None:
             return mqtt_missing
         target = self._diy.target
@@ -206,6 +218,8 @@ class DiyFlow(FirmwareFlow):
         return await self.async_step_flash()
 
     def _progress_action(self, run: FlashRun) -> str:
+        from .diy_run import DiyRun  # noqa: PLC0415 - loaded: `run` exists
+
         handoff = self._flash.handoff
         if (
             isinstance(run, DiyRun)

@@ -11,16 +11,16 @@ the user confirms before the flash goes on.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigFlowResult
 import voluptuous as vol
 
-from .diy_run import DiyRun
 from .firmware_form import CONF_FIRMWARE_FILE, async_parse_choice, firmware_fields
 from .flash_flow import FlashFlow
-from .flash_server import async_get_flash_server
-from .proto.firmware_image import ImageRole
+
+if TYPE_CHECKING:
+    from .proto.firmware_image import ImageRole
 
 
 class FirmwareFlow(FlashFlow):
@@ -30,6 +30,9 @@ class FirmwareFlow(FlashFlow):
         self, values: dict[str, Any], role: ImageRole, placeholders: dict[str, str]
     ) -> dict[str, str]:
         """Parse the firmware fields into the flow's choice; return the form errors."""
+        # Loaded by the step of the path that asks (diy_manual or zeroconf, setup_mode).
+        from .flash_server import async_get_flash_server  # noqa: PLC0415
+
         server = await async_get_flash_server(self.hass)
         result = await async_parse_choice(self.hass, server.firmware, values, role)
         # Keep what was typed (never the upload: its id is gone once read).
@@ -45,6 +48,10 @@ class FirmwareFlow(FlashFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """The image could not be used: say why, and take another choice (or retry)."""
+        # Loaded: the flash that failed here.
+        from .diy_run import DiyRun  # noqa: PLC0415
+        from .proto.firmware_image import ImageRole  # noqa: PLC0415
+
         run, firmware = self._run, self._firmware
         assert run is not None
         role = ImageRole.DIY if isinstance(run, DiyRun) else ImageRole.SETUP_FINAL

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components.file_upload import process_uploaded_file
 from homeassistant.core import HomeAssistant
@@ -32,13 +32,14 @@ from homeassistant.helpers.selector import (
 )
 import voluptuous as vol
 
-from .proto.firmware_cache import StoredImage
 from .proto.firmware_choice import FirmwareChoice, FirmwareSource
-from .proto.firmware_download import MAX_DOWNLOAD_BYTES
-from .proto.firmware_errors import FirmwareError, FirmwareErrorCode
-from .proto.firmware_image import ImageRole, IssueCode
 from .proto.firmware_sources import normalize_tasmota_version, redact_url
-from .proto.firmware_store import FirmwareStore
+
+if TYPE_CHECKING:
+    from .proto.firmware_cache import StoredImage
+    from .proto.firmware_errors import FirmwareError
+    from .proto.firmware_image import ImageRole, IssueCode
+    from .proto.firmware_store import FirmwareStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,21 +48,6 @@ CONF_TASMOTA_VERSION = "tasmota_version"
 CONF_FIRMWARE_URL = "firmware_url"
 CONF_FIRMWARE_FILE = "firmware_file"
 _FIELDS = (CONF_TASMOTA_VERSION, CONF_FIRMWARE_URL, CONF_FIRMWARE_FILE)
-
-# When an image has several faults, the message names the most telling one: an error
-# page is "too small" before it is "wrong magic", a .gz name says more than its bytes.
-_ISSUE_PRIORITY = (
-    IssueCode.EMPTY,
-    IssueCode.GZIP_NAME,
-    IssueCode.GZIP,
-    IssueCode.MINIMAL_BUILD,
-    IssueCode.TOO_SMALL,
-    IssueCode.BAD_MAGIC,
-    IssueCode.BAD_FLASH_MODE,
-    IssueCode.TOO_LARGE,
-    IssueCode.HASH_MISMATCH,
-    IssueCode.KNOWN_OTHER_ROLE,
-)
 
 # Every placeholder any firmware message uses: the frontend shows a missing one raw.
 _PLACEHOLDERS = (
@@ -144,6 +130,8 @@ class ChoiceResult:
 
 def _read_upload(hass: HomeAssistant, file_id: str) -> tuple[bytes | None, str, int]:
     """(bytes or None when too large, file name, size); runs in the executor."""
+    from .proto.firmware_download import MAX_DOWNLOAD_BYTES  # noqa: PLC0415 - see below
+
     with process_uploaded_file(hass, file_id) as path:
         size = path.stat().st_size
         name = path.name
@@ -156,6 +144,10 @@ async def async_parse_choice(
     hass: HomeAssistant, store: FirmwareStore, values: Mapping[str, Any], role: ImageRole
 ) -> ChoiceResult:
     """Turn the form's firmware fields into a choice; an upload is validated right away."""
+    # Loaded: the flows load the flash stack before they take a choice (`store` is its).
+    from .proto.firmware_download import MAX_DOWNLOAD_BYTES  # noqa: PLC0415
+    from .proto.firmware_errors import FirmwareError  # noqa: PLC0415
+
     given = [key for key in _FIELDS if str(values.get(key) or "").strip()]
     if len(given) > 1:
         return ChoiceResult(None, "firmware_choose_one")
@@ -204,18 +196,42 @@ def _message_placeholders(params: Mapping[str, str | int]) -> dict[str, str]:
 
 def firmware_error_message(err: FirmwareError) -> tuple[str, dict[str, str]]:
     """The translation key and placeholders that say what is wrong and what to do."""
+    # Loaded: a `FirmwareError` comes from the flash stack.
+    from .proto.firmware_errors import FirmwareErrorCode  # noqa: PLC0415
+
     params: dict[str, str | int] = dict(err.params)
     source = params.get("url") or params.get("filename") or params.get("latest_url") or "?"
     params.setdefault("source", source)
     if err.code is FirmwareErrorCode.INVALID_IMAGE and err.issues:
+        priority = _issue_priority()
         issue = min(
             err.issues,
-            key=lambda i: (
-                _ISSUE_PRIORITY.index(i.code) if i.code in _ISSUE_PRIORITY else len(_ISSUE_PRIORITY)
-            ),
+            key=lambda i: priority.index(i.code) if i.code in priority else len(priority),
         )
         return f"firmware_{issue.code}", _message_placeholders({**issue.params, **params})
     return f"firmware_{err.code}", _message_placeholders(params)
+
+
+def _issue_priority() -> tuple[IssueCode, ...]:
+    """The image issues, the most telling first (the message of an image names one).
+
+    An error page is "too small" before it is "wrong magic", a .gz name says more than
+    its bytes.
+    """
+    from .proto.firmware_image import IssueCode  # noqa: PLC0415 - loaded with the error
+
+    return (
+        IssueCode.EMPTY,
+        IssueCode.GZIP_NAME,
+        IssueCode.GZIP,
+        IssueCode.MINIMAL_BUILD,
+        IssueCode.TOO_SMALL,
+        IssueCode.BAD_MAGIC,
+        IssueCode.BAD_FLASH_MODE,
+        IssueCode.TOO_LARGE,
+        IssueCode.HASH_MISMATCH,
+        IssueCode.KNOWN_OTHER_ROLE,
+    )
 
 
 def notice_placeholders(image: StoredImage, choice: FirmwareChoice) -> dict[str, str]:

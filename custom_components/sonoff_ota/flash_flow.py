@@ -18,41 +18,23 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
 from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED
 from homeassistant.helpers.translation import async_get_translations
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
-from .diy_run import DiyRun
 from .firmware_form import (
     FirmwareState,
     firmware_error_message,
     notice_placeholders,
     notice_step,
 )
-from .flash_server import DeviceBusyError, async_get_flash_server
-from .handoff_run import HandoffLinkError, HandoffOutcome, HandoffRun
 from .known_devices import async_remember_run
-from .listeners import PortInUseError
-from .proto.diy_flasher import DiyFlashError
-from .proto.firmware_errors import FirmwareError
 from .proto.flash_stages import FlashTracker, Stage
-from .proto.setup_ap import SetupApError
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
-from .proto.setup_mode_wifi import (
-    DETAIL,
-    DETAIL_ADDRESS,
-    DETAIL_ERROR,
-    DETAIL_INTERFACE,
-    DETAIL_SSID,
-    DETAIL_STATE,
-)
-from .proto.tasmota_discovery import TasmotaDevice
-from .proto.tasmota_handoff_types import AmbiguousDeviceError, EwelinkIdentity, HandoffError
 from .proto.wifi import WifiSettings
-from .setup_mode_run import SetupModeRun
 from .tasmota_link import (
     MQTT_SETUP_PATH,
     MqttUnavailableError,
@@ -60,6 +42,12 @@ from .tasmota_link import (
     async_create_mqtt_missing_issue,
     mqtt_unavailable_reason,
 )
+
+if TYPE_CHECKING:
+    from .diy_run import DiyRun
+    from .handoff_run import HandoffOutcome, HandoffRun
+    from .proto.tasmota_discovery import TasmotaDevice
+    from .setup_mode_run import SetupModeRun
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -167,6 +155,21 @@ class FlashFlow(ConfigFlow):
 
     async def _async_flash(self, run: FlashRun) -> None:
         """The progress task: prepare once, then run (or resume) the stages."""
+        # Loaded: the step that created `run` loaded the flash stack.
+        from .diy_run import DiyRun  # noqa: PLC0415
+        from .flash_server import DeviceBusyError  # noqa: PLC0415
+        from .handoff_run import HandoffLinkError, HandoffRun  # noqa: PLC0415
+        from .listeners import PortInUseError  # noqa: PLC0415
+        from .proto.diy_flasher import DiyFlashError  # noqa: PLC0415
+        from .proto.firmware_errors import FirmwareError  # noqa: PLC0415
+        from .proto.setup_ap import SetupApError  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import (  # noqa: PLC0415
+            AmbiguousDeviceError,
+            EwelinkIdentity,
+            HandoffError,
+        )
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         flash, firmware = self._flash, self._firmware
         try:
             if flash.handoff is None:
@@ -235,6 +238,10 @@ class FlashFlow(ConfigFlow):
 
     async def _async_check_firmware(self, run: FlashRun) -> None:
         """Fetch and check the chosen image; note when it is not exactly what was asked."""
+        # Loaded: the step that created `run` loaded the flash stack.
+        from .flash_server import async_get_flash_server  # noqa: PLC0415
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         if isinstance(run, SetupModeRun):
             run.images = None
             image = await run.fetch_images(self._on_download_progress)
@@ -341,6 +348,15 @@ class FlashFlow(ConfigFlow):
 
     def _wifi_hop_text(self, details: dict[str, str]) -> str:
         """The host's Wi-Fi hop, in HA's language (the tracker's English as a fallback)."""
+        from .proto.setup_mode_wifi import (  # noqa: PLC0415 - loaded: a run is shown
+            DETAIL,
+            DETAIL_ADDRESS,
+            DETAIL_ERROR,
+            DETAIL_INTERFACE,
+            DETAIL_SSID,
+            DETAIL_STATE,
+        )
+
         values = {
             "ssid": details.get(DETAIL_SSID, ""),
             "interface": details.get(DETAIL_INTERFACE, ""),

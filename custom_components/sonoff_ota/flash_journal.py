@@ -34,10 +34,11 @@ from homeassistant.helpers.storage import Store
 from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN
-from .proto.diy_flasher import IMAGE_NAME as DIY_NAME
 from .proto.flash_stages import END_STAGES, FlashPath, FlashTracker, Stage
-from .proto.image_server import ServedSet
-from .proto.setup_mode_flasher import FINAL_NAME, USER1_NAME, USER2_NAME
+from .proto.image_names import DIY_NAME, FINAL_NAME, USER1_NAME, USER2_NAME
+
+if TYPE_CHECKING:
+    from .proto.image_server import ServedSet
 
 if TYPE_CHECKING:
     from .proto.firmware_cache import StoredImage

@@ -34,7 +34,6 @@ import voluptuous as vol
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .flash_flow import FlashFlow
-from .handoff_run import HandoffLinkError
 from .known_devices import async_remember_run
 from .proto.tasmota_releases import TargetBuild
 from .proto.tasmota_upgrade import UpgradeResult, UpgradeTarget
@@ -91,6 +90,8 @@ class HandoffFlow(FlashFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Several new Tasmota devices appeared at once and no MAC tells which is ours."""
+        from .handoff_run import HandoffLinkError  # noqa: PLC0415 - loaded: the flash ran
+
         flash = self._flash
         by_mac = {device.mac: device for device in flash.candidates}
         errors: dict[str, str] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 import logging
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
@@ -30,10 +30,12 @@ from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN, PATH_DIY, PATH_SETUP_MODE
-from .diy_run import DiyRun
 from .proto.eligibility import Decision, check_record
 from .proto.json_fields import opt_str
-from .setup_mode_run import SetupModeRun
+
+if TYPE_CHECKING:
+    from .diy_run import DiyRun
+    from .setup_mode_run import SetupModeRun
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -229,6 +231,8 @@ def async_remember_run(
 
 def record_from_run(run: DiyRun | SetupModeRun) -> DeviceRecord | None:
     """What a run knows about its device (no secret: no apikey, no Wi-Fi)."""
+    from .diy_run import DiyRun  # noqa: PLC0415 - loaded with the flash stack `run` came from
+
     details = run.tracker.details
     if isinstance(run, DiyRun):
         target = run.target

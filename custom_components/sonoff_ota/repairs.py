@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components.repairs import RepairsFlow
 from homeassistant.core import HomeAssistant
@@ -27,8 +27,7 @@ import voluptuous as vol
 
 from .const import DOMAIN
 from .flash_journal import async_get_journal
-from .flash_recovery import ResumedFlash, get_resumed
-from .handoff_run import HandoffLinkError, HandoffOutcome
+from .flash_stack import async_load_flash_stack
 from .issues import (
     ISSUE_PORT_IN_USE,
     ISSUE_RESTART_PREFIX,
@@ -40,8 +39,11 @@ from .issues import (
 from .listeners import async_check_port_free
 from .proto.flash_stages import FlashTracker
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
-from .proto.tasmota_handoff_types import HandoffError
 from .tasmota_link import MqttUnavailableError
+
+if TYPE_CHECKING:
+    from .flash_recovery import ResumedFlash
+    from .handoff_run import HandoffOutcome
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -144,6 +146,8 @@ class ResumeFlashRepairFlow(_ProgressFlow):
         self._outcome: HandoffOutcome | None = None
 
     def _resumed(self) -> ResumedFlash | None:
+        from .flash_recovery import get_resumed  # noqa: PLC0415 - loaded by async_step_init
+
         return get_resumed(self.hass, self._flash_id)
 
     def _placeholders(self) -> dict[str, str]:
@@ -161,6 +165,7 @@ class ResumeFlashRepairFlow(_ProgressFlow):
 
     async def async_step_init(self, user_input: dict[str, str] | None = None) -> Any:
         """Serve FinalStage first unless Tasmota was already served."""
+        await async_load_flash_stack(self.hass)  # the resumed flash's steps use it
         resumed = self._resumed()
         if resumed is None:
             return self.async_abort(reason="resume_unavailable")
@@ -213,6 +218,10 @@ class ResumeFlashRepairFlow(_ProgressFlow):
         return self.async_show_progress_done(next_step_id="done")
 
     async def _handoff(self, resumed: ResumedFlash) -> None:
+        # Loaded by async_step_init.
+        from .handoff_run import HandoffLinkError  # noqa: PLC0415
+        from .proto.tasmota_handoff_types import HandoffError  # noqa: PLC0415
+
         try:
             self._outcome = await resumed.async_handoff()
         except (HandoffError, HandoffLinkError) as err:

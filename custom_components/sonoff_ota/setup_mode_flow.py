@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from homeassistant.components import network
 from homeassistant.config_entries import ConfigFlowResult
@@ -34,25 +34,22 @@ from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .firmware_flow import FirmwareFlow
 from .firmware_form import CONF_FIRMWARE, firmware_section
 from .flash_flow import FlashRun, FlashState
-from .flash_server import async_get_flash_server
-from .host_wifi_run import async_prepare_hop
+from .flash_stack import async_load_flash_stack
 from .issues import async_update_port_issue
 from .known_devices import async_remember_run
-from .proto.firmware_cache import StoredImage
-from .proto.firmware_image import ImageRole
 from .proto.flash_stages import FlashTracker, Stage
-from .proto.host_wifi_types import HopError, HopErrorCode
-from .proto.setup_mode_wifi import hop_error
 from .settings import get_settings
-from .setup_mode_many import DeviceOutcome, ManyDevices, device_label
-from .setup_mode_run import SetupModeRun
+
+if TYPE_CHECKING:
+    from .proto.firmware_cache import StoredImage
+    from .setup_mode_many import DeviceOutcome, ManyDevices
+    from .setup_mode_run import SetupModeRun
 
 CONF_CALLBACK_HOST = "callback_host"
 CONF_CONFIRM_WIFI_ONLY = "confirm_wifi_only"
 CONF_SETUP_APS = "setup_aps"
 MANY_PROGRESS: Final = "many_flash"
 """The progress text while one device of several is flashed: "device n of N" + its stage."""
-SEVERAL_SETUP_APS: Final = f"wifi_{HopErrorCode.SEVERAL_SETUP_APS}"
 WIFI_HOP_STAGES = frozenset(
     {
         Stage.WAIT_SETUP_AP,
@@ -103,6 +100,15 @@ class SetupModeFlow(FirmwareFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Choose the address the device calls back; check the Wi-Fi hop and the ports."""
+        await async_load_flash_stack(self.hass)  # the setup-mode path starts here
+        # Loaded just above.
+        from .flash_server import async_get_flash_server  # noqa: PLC0415
+        from .host_wifi_run import async_prepare_hop  # noqa: PLC0415
+        from .proto.firmware_image import ImageRole  # noqa: PLC0415
+        from .proto.host_wifi_types import HopError, HopErrorCode  # noqa: PLC0415
+        from .proto.setup_mode_wifi import hop_error  # noqa: PLC0415
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         assert self._wifi is not None
         errors: dict[str, str] = {}
         await async_get_flash_server(self.hass)  # a flow does not run async_setup
@@ -184,6 +190,8 @@ class SetupModeFlow(FirmwareFlow):
         return self._stage_action(run)
 
     def _stage_action(self, run: FlashRun) -> str:
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415 - loaded: `run` exists
+
         stage = run.tracker.stage
         if isinstance(run, SetupModeRun) and run.host_wifi is not None and stage in WIFI_HOP_STAGES:
             return f"{stage}_wifi_hop"  # HA moves its own Wi-Fi: no "connect this host" text
@@ -194,6 +202,8 @@ class SetupModeFlow(FirmwareFlow):
         many, run = self._setup_mode.many, self._run
         if many is None or run is None or many.current is None:
             return placeholders
+        from .setup_mode_many import device_label  # noqa: PLC0415 - loaded: `many` ran
+
         action = self._stage_action(run)
         stage_text = self._config_text("progress", action, placeholders)
         placeholders.update(
@@ -226,6 +236,11 @@ class SetupModeFlow(FirmwareFlow):
 
     async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Several setup APs in range: list them; one device of the list failed: go on."""
+        # Loaded: the flash that failed here (or its hand-off) had a run.
+        from .proto.host_wifi_types import HopErrorCode  # noqa: PLC0415
+        from .setup_mode_many import DeviceOutcome  # noqa: PLC0415
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         state, run, flash = self._setup_mode, self._run, self._flash
         if state.many is not None and isinstance(run, SetupModeRun):
             code, placeholders = flash.error or ("unknown", {})
@@ -240,7 +255,7 @@ class SetupModeFlow(FirmwareFlow):
             and run.host_wifi is not None
             and run.host_wifi.setup_aps_found
             and flash.error is not None
-            and flash.error[0] == SEVERAL_SETUP_APS
+            and flash.error[0] == f"wifi_{HopErrorCode.SEVERAL_SETUP_APS}"
         ):
             state.found = run.host_wifi.setup_aps_found
             state.callback_host, state.images = run.callback_host, run.images
@@ -254,6 +269,9 @@ class SetupModeFlow(FirmwareFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Several devices are in pairing mode: choose which to flash (all, by default)."""
+        # Loaded: the run whose scan found them.
+        from .setup_mode_many import ManyDevices, device_label  # noqa: PLC0415
+
         state = self._setup_mode
         errors: dict[str, str] = {}
         if user_input is not None:
@@ -288,6 +306,12 @@ class SetupModeFlow(FirmwareFlow):
 
     async def _async_flash_next_device(self) -> ConfigFlowResult:
         """Start the next device of the list (its own run and hop); the summary after the last."""
+        # Loaded: the run whose scan found the list.
+        from .host_wifi_run import async_prepare_hop  # noqa: PLC0415
+        from .proto.host_wifi_types import HopError  # noqa: PLC0415
+        from .setup_mode_many import DeviceOutcome  # noqa: PLC0415
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         many = self._setup_mode.many
         assert many is not None and self._wifi is not None
         while (ssid := many.current) is not None:
@@ -309,6 +333,8 @@ class SetupModeFlow(FirmwareFlow):
         return await self.async_step_many_finish()
 
     def _result_text(self, ssid: str, outcome: str, **values: str) -> str:
+        from .setup_mode_many import device_label  # noqa: PLC0415 - loaded: a list is flashed
+
         values = {"device": device_label(ssid), **values}
         text = self._selector_text("many_result", outcome, values)
         return text if text is not None else f"{values['device']}: {outcome}"
@@ -317,6 +343,8 @@ class SetupModeFlow(FirmwareFlow):
         self, run: SetupModeRun, outcome: DeviceOutcome, values: dict[str, str]
     ) -> ConfigFlowResult:
         """One device of the list is done (flashed or not): note it, go on with the next."""
+        from .setup_mode_many import DeviceOutcome  # noqa: PLC0415 - loaded: `run` exists
+
         many = self._setup_mode.many
         assert many is not None and many.current is not None
         flashed = outcome is DeviceOutcome.FLASHED
@@ -338,6 +366,10 @@ class SetupModeFlow(FirmwareFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """One device of the list ran out of time: note it and go on (no retry menu)."""
+        # Loaded: the flash that timed out had a run.
+        from .setup_mode_many import DeviceOutcome  # noqa: PLC0415
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         run = self._run
         if self._setup_mode.many is None or not isinstance(run, SetupModeRun):
             return await super().async_step_stage_timeout(user_input)
@@ -346,6 +378,10 @@ class SetupModeFlow(FirmwareFlow):
 
     async def _async_flashed(self) -> ConfigFlowResult | None:
         """One device of the list took Tasmota: note where it is and go on with the next."""
+        # Loaded: the flash that got here had a run.
+        from .setup_mode_many import DeviceOutcome  # noqa: PLC0415
+        from .setup_mode_run import SetupModeRun  # noqa: PLC0415
+
         run = self._run
         if self._setup_mode.many is None or not isinstance(run, SetupModeRun):
             return None

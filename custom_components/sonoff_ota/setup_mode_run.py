@@ -29,12 +29,10 @@ from .proto.firmware_download import ProgressCallback
 from .proto.firmware_errors import FirmwareErrorCode, FirmwareUnavailableError
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi_hop import WifiHop
+from .proto.image_names import FINAL_NAME, USER1_NAME, USER2_NAME
 from .proto.setup_ap import DeviceInfo, SetupApClient
 from .proto.setup_mode_errors import SetupModeError
 from .proto.setup_mode_flasher import (
-    FINAL_NAME,
-    USER1_NAME,
-    USER2_NAME,
     SetupModeFlasher,
     SetupModeImages,
     SetupModeJob,

@@ -28,13 +28,13 @@ from homeassistant.helpers import device_registry as dr, issue_registry as ir
 
 from .const import DOMAIN
 from .proto.tasmota_discovery import DEFAULT_DISCOVERY_PREFIX, ha_mac
-from .proto.tasmota_handoff_types import DeviceMqttSettings
 from .proto.tasmota_mqtt_feed import SUBSCRIPTIONS, DiscoveryFeed, Publish
-from .proto.tasmota_settings import DEFAULT_MQTT_PORT, device_broker_host
 from .settings import get_settings
 
 if TYPE_CHECKING:
     from homeassistant.components.mqtt import ReceiveMessage
+
+    from .proto.tasmota_handoff_types import DeviceMqttSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,6 +155,10 @@ async def async_device_mqtt_settings(
     `network.async_get_source_ip` (towards `device_ip` when known), spec §3.6.
     Raises MqttUnavailableError.
     """
+    # Loaded: only a hand-off asks, and the flash stack it is part of imports both.
+    from .proto.tasmota_handoff_types import DeviceMqttSettings  # noqa: PLC0415
+    from .proto.tasmota_settings import DEFAULT_MQTT_PORT, device_broker_host  # noqa: PLC0415
+
     data = _mqtt_entry(hass).data
     broker = str(data.get("broker") or "")
     override = get_settings(hass).device_broker_host

@@ -8,6 +8,7 @@ The modules, in the order a flash's data flows through them:
 What the user gives and what gets flashed
 - wifi: validation of the home Wi-Fi settings the device is given.
 - firmware_choice: the user's choice of Tasmota image (`FirmwareChoice`, `FirmwareSource`).
+- sonota_files: SonOTA's files at the pinned commit (names, sha256), the only images known offline.
 - firmware_sources: where each image comes from (URLs, pins, release numbers, `redact_url`).
 - firmware_download: `FirmwareDownloader`, one image into memory (cap, timeouts, single-flight).
 - firmware_image: image roles, limits, pinned known images and validation (pure functions).
@@ -36,6 +37,7 @@ Setup mode (the SonOTA method)
 - ewelink_messages: the eWeLink cloud's wire format (`UpgradeOffer`, dispatch and upgrade bodies).
 - fake_cloud: `FakeCloud`, the server speaking it (HTTPS dispatch, WebSocket, device sessions).
 - http_range: one HTTP `Range: bytes=` header, parsed and clamped (`parse_range`, `ByteRange`).
+- image_names: the file names the devices fetch (fixed by their firmware or our URLs).
 - image_server: `ImageServer`, the firmware download server of both paths and its served sets.
 - setup_mode_errors: why a setup-mode flash stopped (`SetupModeError`, `StageTimeoutError`).
 - setup_mode_wifi: `SetupModeWifi`, the hops at the points a setup-mode flash needs them.

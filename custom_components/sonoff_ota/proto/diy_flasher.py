@@ -20,11 +20,12 @@ from .diy_client import DiyClient, DiyError, DiyErrorCode, DiyInfo
 from .diy_discovery import check_eligibility
 from .diy_ota_result import FlashResult, flash_result
 from .flash_stages import FlashTracker, Stage
+from .image_names import DIY_NAME
 from .image_server import ImageEventKind, ImageServer, ServedSet
 
 _LOGGER = logging.getLogger(__name__)
 
-IMAGE_NAME: Final = "tasmota-lite.bin"
+IMAGE_NAME: Final = DIY_NAME
 
 
 class DiyFlashError(Exception):

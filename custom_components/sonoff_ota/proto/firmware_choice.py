@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from .firmware_cache import StoredImage
 from .firmware_sources import normalize_tasmota_version, redact_url
+
+if TYPE_CHECKING:
+    from .firmware_cache import StoredImage
 
 
 class FirmwareSource(StrEnum):

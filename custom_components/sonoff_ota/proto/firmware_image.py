@@ -26,6 +26,15 @@ import hashlib
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from .sonota_files import (
+    SONOTA_ARDUINO_NAME,
+    SONOTA_ARDUINO_SHA256,
+    SONOTA_USER1_NAME,
+    SONOTA_USER1_SHA256,
+    SONOTA_USER2_NAME,
+    SONOTA_USER2_SHA256,
+)
+
 # Marker that virtual_sonoff/images.py writes into every synthetic image. Copied
 # here on purpose: the integration must not import virtual_sonoff.
 SYNTHETIC_MARKER = b"SONOFF-OTA-SYNTHETIC-TEST-IMAGE"
@@ -137,11 +146,6 @@ class KnownImage:
     description: str
 
 
-SONOTA_COMMIT = "40dba7c099c419bf1edfbfd19dfa87036698dc36"
-SONOTA_USER1_NAME = "image_user1-0x01000.bin"
-SONOTA_USER2_NAME = "image_user2-0x81000.bin"
-SONOTA_ARDUINO_NAME = "image_arduino.bin"
-
 # The only hashes known offline: SonOTA's three files at the pinned commit (spec
 # README "Known images"). There was no internet while this was written, so no
 # hash of any Tasmota release (lite or otherwise) is pinned here; invented
@@ -151,14 +155,14 @@ KNOWN_IMAGES: tuple[KnownImage, ...] = (
         name=SONOTA_USER1_NAME,
         roles=frozenset({ImageRole.SETUP_USER1}),
         size=239220,
-        sha256="64b374598d11f91a453adc6d95ebcbcced347fbc9abad9b62ad5b710a965a309",
+        sha256=SONOTA_USER1_SHA256,
         description="SonOTA intermediate (E2A) image linked at 0x01000",
     ),
     KnownImage(
         name=SONOTA_USER2_NAME,
         roles=frozenset({ImageRole.SETUP_USER2}),
         size=239220,
-        sha256="fec3fc4f70cf1a95cdc28811f57e53612908c62c8963e1b78a66d3edb19addda",
+        sha256=SONOTA_USER2_SHA256,
         description="SonOTA intermediate (E2A) image linked at 0x81000",
     ),
     KnownImage(
@@ -167,7 +171,7 @@ KNOWN_IMAGES: tuple[KnownImage, ...] = (
         name=SONOTA_ARDUINO_NAME,
         roles=frozenset({ImageRole.SETUP_FINAL, ImageRole.DIY}),
         size=482432,
-        sha256="0bb8c95ce50dccb63dadd2f76cb49b0824348e7f1a5e8a31ae9199299ef03583",
+        sha256=SONOTA_ARDUINO_SHA256,
         description="Tasmota 5.9.1 as shipped by SonOTA",
     ),
 )

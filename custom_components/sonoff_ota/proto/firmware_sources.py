@@ -12,15 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from .firmware_image import (
-    KNOWN_IMAGES,
+from .sonota_files import (
     SONOTA_COMMIT,
     SONOTA_USER1_NAME,
+    SONOTA_USER1_SHA256,
     SONOTA_USER2_NAME,
-    ImageRole,
+    SONOTA_USER2_SHA256,
 )
+
+if TYPE_CHECKING:
+    from .firmware_image import ImageRole
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +46,11 @@ class FirmwareSources:
     user1_url: str = (
         f"https://raw.githubusercontent.com/mirko/SonOTA/{SONOTA_COMMIT}/static/{SONOTA_USER1_NAME}"
     )
-    user1_sha256: str | None = next(k.sha256 for k in KNOWN_IMAGES if k.name == SONOTA_USER1_NAME)
+    user1_sha256: str | None = SONOTA_USER1_SHA256
     user2_url: str = (
         f"https://raw.githubusercontent.com/mirko/SonOTA/{SONOTA_COMMIT}/static/{SONOTA_USER2_NAME}"
     )
-    user2_sha256: str | None = next(k.sha256 for k in KNOWN_IMAGES if k.name == SONOTA_USER2_NAME)
+    user2_sha256: str | None = SONOTA_USER2_SHA256
     # Extra pins, URL -> lowercase sha256 (e.g. a checked Tasmota release).
     pinned_sha256: Mapping[str, str] = field(default_factory=dict)
 
@@ -56,6 +60,8 @@ class FirmwareSources:
 
     def intermediate_url(self, role: ImageRole) -> str:
         """The URL of the intermediate image for a setup-mode slot."""
+        from .firmware_image import ImageRole  # noqa: PLC0415 - loaded: `role` is one
+
         if role is ImageRole.SETUP_USER1:
             return self.user1_url
         if role is ImageRole.SETUP_USER2:

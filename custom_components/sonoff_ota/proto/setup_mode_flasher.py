@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass, field
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from .eligibility import check_setup_mode
 from .ewelink_messages import UpgradeOffer
 from .fake_cloud import CloudEventKind, DeviceSession, FakeCloud, PacingPolicy
 from .flash_stages import FlashTracker, Stage
+from .image_names import FINAL_NAME, USER1_NAME, USER2_NAME
 from .image_server import ImageEvent, ImageEventKind, ImageServer, ServedSet
 from .legacy_tls import TlsHandshakeObserver
 from .setup_ap import ApResult, DeviceInfo, SetupApClient, SetupApTimeoutError
@@ -34,11 +35,6 @@ if TYPE_CHECKING:
     from .setup_mode_wifi import SetupModeWifi
 
 _LOGGER = logging.getLogger(__name__)
-
-USER1_NAME: Final = "image_user1-0x01000.bin"
-USER2_NAME: Final = "image_user2-0x81000.bin"
-FINAL_NAME: Final = "image_arduino.bin"
-"""The names the intermediate image hard-codes (spec §2, §7)."""
 
 
 def firmware_verdict(rom_version: str | None) -> str:

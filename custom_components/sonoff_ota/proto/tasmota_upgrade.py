@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import json
 import logging
 import re
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .tasmota_discovery import (
     DEFAULT_FULL_TOPIC,
@@ -40,9 +40,11 @@ from .tasmota_discovery import (
     TasmotaDiscoveryError,
     parse_discovery,
 )
-from .tasmota_handoff_types import HandoffResult
 from .tasmota_mqtt_feed import DiscoveryFeed, MqttIn, Publish
 from .tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeStage, UpgradeTracker
+
+if TYPE_CHECKING:
+    from .tasmota_handoff_types import HandoffResult
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,0 +1,36 @@
+"""The flash machinery, imported the first time something flashes, off the event loop.
+
+HA imports the integration, its config flow, repairs, diagnostics and platforms at
+start-up, when nothing is being flashed. The modules that flash (the runs, the
+listeners and servers they open, the protocol code under them) weigh most of the
+import time, so they are imported only when a flow, a dashboard action, a repair or
+a recovery is about to use them, in HA's import executor. After
+`async_load_flash_stack`, a function-local `from .diy_run import DiyRun` is a lookup in
+`sys.modules`, which is why those local imports are fine in the event loop.
+"""
+
+from __future__ import annotations
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.importlib import async_import_module
+
+FLASH_MODULES: tuple[str, ...] = (
+    "diy_run",
+    "setup_mode_run",
+    "handoff_run",
+    "flash_server",
+    "flash_recovery",
+    "setup_mode_many",
+)
+"""Every module a flash, a hand-off or a recovery needs (with theirs).
+
+Not `tasmota_upgrade_run`: the "Tasmota firmware" entities and diagnostics use it while
+idle (the chosen build, the newest release, the last upgrades), and what it imports
+they need anyway.
+"""
+
+
+async def async_load_flash_stack(hass: HomeAssistant) -> None:
+    """Import `FLASH_MODULES` in HA's executor (at once when they are loaded already)."""
+    for name in FLASH_MODULES:
+        await async_import_module(hass, f"{__package__}.{name}")

@@ -1,0 +1,124 @@
+"""What Home Assistant imports of ours at start-up leaves the flash stack unloaded.
+
+HA imports the package, its config flow, platforms, diagnostics and repairs when it
+starts (`bench.leaks.OUR_MODULES`), while nothing is flashed. The flash stack (the runs,
+their listeners and servers, the protocol code under them) is imported only by
+`flash_stack.async_load_flash_stack`, in HA's executor, right before a flow, the
+dashboard, a repair or a recovery uses it; after that, the function-local imports of
+those modules are lookups in `sys.modules`. A module-level import of a run in, say,
+`config_flow` puts the whole stack back into HA's start-up: the first test fails.
+
+Both tests import in a fresh interpreter (this one's executable), so nothing this
+test session imported counts. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+from bench.leaks import HA_MODULES, OUR_MODULES
+from custom_components.sonoff_ota.flash_stack import FLASH_MODULES
+
+PACKAGE = "custom_components.sonoff_ota"
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ROOT / "custom_components" / "sonoff_ota"
+
+ONLY_FLASHING: tuple[str, ...] = (
+    *FLASH_MODULES,
+    "host_wifi_run",
+    "views",
+    "proto.diy_flasher",
+    "proto.fake_cloud",
+    "proto.firmware_cache",
+    "proto.firmware_image",
+    "proto.firmware_store",
+    "proto.image_server",
+    "proto.legacy_tls",
+    "proto.setup_ap",
+    "proto.setup_mode_flasher",
+    "proto.setup_mode_wifi",
+    "proto.tasmota_client",
+    "proto.tasmota_handoff",
+    "proto.tasmota_handoff_types",
+    "proto.tasmota_settings",
+)
+"""Our modules that only a flash, a hand-off or a recovery uses (with the stack's own)."""
+
+_LOADED = """
+import importlib, json, sys
+for group in sys.argv[1:]:
+    for name in group.split(","):
+        importlib.import_module(name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_after(*groups: tuple[str, ...]) -> set[str]:
+    """`sys.modules` of a fresh interpreter once it imported `groups`, one after another."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", _LOADED, *(",".join(group) for group in groups)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_start_up_imports_no_flash_module() -> None:
+    loaded = loaded_after(HA_MODULES, OUR_MODULES)
+    assert set(OUR_MODULES) <= loaded  # the subprocess imported what HA imports
+    leaked = sorted({f"{PACKAGE}.{name}" for name in ONLY_FLASHING} & loaded)
+    assert not leaked, "imported at start-up, though only flashes use them: " + ", ".join(leaked)
+
+
+def _local_imports(path: Path, module: str) -> Iterator[tuple[int, str]]:
+    """(line, module of ours) of every import inside a function of `path`."""
+    is_package = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = module.split(".")
+            if not is_package:
+                base.pop()
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join([*base, node.module] if node.module else base)
+            yield node.lineno, target
+            if node.module is None:  # `from . import sub`
+                yield from ((node.lineno, f"{target}.{alias.name}") for alias in node.names)
+
+
+def test_local_imports_are_loaded_modules() -> None:
+    """Every function-local import of ours finds its module loaded (start-up or the stack).
+
+    Such an import runs in the event loop: a module that is not loaded yet would be
+    read and executed there. The only other loads, in HA's executor, are the host
+    Wi-Fi backends (`host_wifi_run`).
+    """
+    loaded = loaded_after(
+        HA_MODULES, OUR_MODULES, tuple(f"{PACKAGE}.{name}" for name in FLASH_MODULES)
+    )
+    ours = {
+        ".".join([PACKAGE, *path.relative_to(SOURCES).with_suffix("").parts]).removesuffix(
+            ".__init__"
+        ): path
+        for path in sorted(SOURCES.rglob("*.py"))
+    }
+    missing = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for module, path in ours.items()
+        if module in loaded  # a module only the executor loads may import its own
+        for line, target in _local_imports(path, module)
+        if target in ours and target not in loaded
+    ]
+    assert not missing, "function-local imports of modules nothing loaded:\n" + "\n".join(missing)
