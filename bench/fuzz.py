@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis.strategies import SearchStrategy
 
-from custom_components.sonoff_ota.proto.image_server import ARDUINO_FILE
+from custom_components.sonoff_ota.proto.image_names import FINAL_NAME
 from tests.fuzz.driver import Tally, drive
 from tests.fuzz.strategies import (
     device_reply,
@@ -110,7 +110,7 @@ def surfaces(
 ) -> list[Surface]:
     """Every surface with its share of the cases."""
     tokens = (target.served.token, target.expired_token, target.bystander.token)
-    size = len(FUZZ_FILES[ARDUINO_FILE])
+    size = len(FUZZ_FILES[FINAL_NAME])
 
     def checked(case: Callable[[Target, Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         return lambda value: target.checked(case(target, value))

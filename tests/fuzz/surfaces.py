@@ -34,12 +34,8 @@ from custom_components.sonoff_ota.proto.diy_client import DiyClient, DiyError
 from custom_components.sonoff_ota.proto.diy_discovery import DiyAdvertError, parse_advert
 from custom_components.sonoff_ota.proto.ewelink_messages import UpgradeOffer
 from custom_components.sonoff_ota.proto.fake_cloud import CloudEventKind
-from custom_components.sonoff_ota.proto.image_server import (
-    ARDUINO_FILE,
-    USER1_FILE,
-    USER2_FILE,
-    ServedSet,
-)
+from custom_components.sonoff_ota.proto.image_names import FINAL_NAME, USER1_NAME, USER2_NAME
+from custom_components.sonoff_ota.proto.image_server import ServedSet
 from custom_components.sonoff_ota.proto.setup_ap import SetupApClient, SetupApError
 from custom_components.sonoff_ota.proto.tasmota_client import TasmotaClient, TasmotaError
 from custom_components.sonoff_ota.proto.tasmota_discovery import (
@@ -431,9 +427,9 @@ def discovery_case(message: tuple[str, bytes]) -> None:
 # -- the running integration -----------------------------------------------------------------
 
 FUZZ_FILES: Final = {
-    ARDUINO_FILE: tasmota_lite(8_192),
-    USER1_FILE: b"user1-image-" * 300,
-    USER2_FILE: b"user2-image-" * 300,
+    FINAL_NAME: tasmota_lite(8_192),
+    USER1_NAME: b"user1-image-" * 300,
+    USER2_NAME: b"user2-image-" * 300,
 }
 
 

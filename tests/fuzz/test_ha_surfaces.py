@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from custom_components.sonoff_ota.proto.image_server import ARDUINO_FILE, ImageEventKind
+from custom_components.sonoff_ota.proto.image_names import FINAL_NAME
+from custom_components.sonoff_ota.proto.image_server import ImageEventKind
 
 from .driver import LOOPBACK, drive, http_request, raw_exchange
 from .strategies import DEVICEID, dispatch_body, ota_result_body, tls_opening, ws_script
@@ -66,7 +67,7 @@ async def test_websocket_scripts(fuzz_target: Target) -> None:
 
 async def test_image_and_finalstage_requests(fuzz_target: Target) -> None:
     tokens = (fuzz_target.served.token, fuzz_target.expired_token, fuzz_target.bystander.token)
-    size = len(FUZZ_FILES[ARDUINO_FILE])
+    size = len(FUZZ_FILES[FINAL_NAME])
     tally = await drive(
         download_request(tokens, size, slow=True),
         lambda request: fuzz_target.checked(download_case(fuzz_target, request)),
@@ -115,7 +116,7 @@ async def test_slow_headers_do_not_block_finalstage(fuzz_target: Target) -> None
             await asyncio.sleep(0.01)
         reply = await raw_exchange(port, http_request("GET", "/ota/image_arduino.bin"))
         assert reply.status == 200
-        assert reply.body == FUZZ_FILES[ARDUINO_FILE]
+        assert reply.body == FUZZ_FILES[FINAL_NAME]
     finally:
         for _, writer in slow:
             writer.close()

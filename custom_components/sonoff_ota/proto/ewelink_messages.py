@@ -17,7 +17,8 @@ import datetime
 import re
 from typing import Any, Final
 
-from .image_server import USER1_FILE, USER2_FILE, ServedSet
+from .image_names import USER1_NAME, USER2_NAME
+from .image_server import ServedSet
 
 DEFAULT_MODEL: Final = "ITA-GZ1-GL"
 """SonOTA's default model when register did not say (spec §6.3)."""
@@ -50,8 +51,8 @@ class UpgradeOffer:
         base_url: str,
         *,
         paced: bool = False,
-        user1_name: str = USER1_FILE,
-        user2_name: str = USER2_FILE,
+        user1_name: str = USER1_NAME,
+        user2_name: str = USER2_NAME,
     ) -> UpgradeOffer:
         """Build the offer for a served set; `base_url` is `http://<LAN IP>:<port>` (no slash)."""
         base = base_url.rstrip("/")

@@ -26,12 +26,10 @@ import hashlib
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from .image_names import FINAL_NAME, USER1_NAME, USER2_NAME
 from .sonota_files import (
-    SONOTA_ARDUINO_NAME,
     SONOTA_ARDUINO_SHA256,
-    SONOTA_USER1_NAME,
     SONOTA_USER1_SHA256,
-    SONOTA_USER2_NAME,
     SONOTA_USER2_SHA256,
 )
 
@@ -152,14 +150,14 @@ class KnownImage:
 # hashes would only make good images fail. Add them once they are checked.
 KNOWN_IMAGES: tuple[KnownImage, ...] = (
     KnownImage(
-        name=SONOTA_USER1_NAME,
+        name=USER1_NAME,
         roles=frozenset({ImageRole.SETUP_USER1}),
         size=239220,
         sha256=SONOTA_USER1_SHA256,
         description="SonOTA intermediate (E2A) image linked at 0x01000",
     ),
     KnownImage(
-        name=SONOTA_USER2_NAME,
+        name=USER2_NAME,
         roles=frozenset({ImageRole.SETUP_USER2}),
         size=239220,
         sha256=SONOTA_USER2_SHA256,
@@ -168,7 +166,7 @@ KNOWN_IMAGES: tuple[KnownImage, ...] = (
     KnownImage(
         # Tasmota 5.9.1, DOUT. Old: it predates Tasmota's MQTT discovery, so it
         # is recognised but never chosen automatically.
-        name=SONOTA_ARDUINO_NAME,
+        name=FINAL_NAME,
         roles=frozenset({ImageRole.SETUP_FINAL, ImageRole.DIY}),
         size=482432,
         sha256=SONOTA_ARDUINO_SHA256,

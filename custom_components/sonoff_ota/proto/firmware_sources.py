@@ -15,11 +15,10 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from .image_names import USER1_NAME, USER2_NAME
 from .sonota_files import (
     SONOTA_COMMIT,
-    SONOTA_USER1_NAME,
     SONOTA_USER1_SHA256,
-    SONOTA_USER2_NAME,
     SONOTA_USER2_SHA256,
 )
 
@@ -44,11 +43,11 @@ class FirmwareSources:
     )
     tasmota_fallback_version: str | None = "9.5.0"
     user1_url: str = (
-        f"https://raw.githubusercontent.com/mirko/SonOTA/{SONOTA_COMMIT}/static/{SONOTA_USER1_NAME}"
+        f"https://raw.githubusercontent.com/mirko/SonOTA/{SONOTA_COMMIT}/static/{USER1_NAME}"
     )
     user1_sha256: str | None = SONOTA_USER1_SHA256
     user2_url: str = (
-        f"https://raw.githubusercontent.com/mirko/SonOTA/{SONOTA_COMMIT}/static/{SONOTA_USER2_NAME}"
+        f"https://raw.githubusercontent.com/mirko/SonOTA/{SONOTA_COMMIT}/static/{USER2_NAME}"
     )
     user2_sha256: str | None = SONOTA_USER2_SHA256
     # Extra pins, URL -> lowercase sha256 (e.g. a checked Tasmota release).

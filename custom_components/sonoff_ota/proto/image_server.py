@@ -45,11 +45,6 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_PREFIX: Final = "/sonoff_ota/fw"
 FIXED_PREFIX: Final = "/ota"
 """Where the intermediate image looks for its files (spec §7)."""
-USER1_FILE: Final = "image_user1-0x01000.bin"
-USER2_FILE: Final = "image_user2-0x81000.bin"
-"""Also fetched by the intermediate image from `/ota/` when it runs from ROM1 (spec §7)."""
-ARDUINO_FILE: Final = "image_arduino.bin"
-"""The final image the intermediate image fetches from `/ota/` (spec §7)."""
 PACED_SEGMENT: Final = "paced"
 CONTENT_TYPE: Final = "application/octet-stream"
 TOKEN_BYTES: Final = 16

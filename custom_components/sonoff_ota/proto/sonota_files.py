@@ -10,9 +10,6 @@ from __future__ import annotations
 from typing import Final
 
 SONOTA_COMMIT: Final = "40dba7c099c419bf1edfbfd19dfa87036698dc36"
-SONOTA_USER1_NAME: Final = "image_user1-0x01000.bin"
-SONOTA_USER2_NAME: Final = "image_user2-0x81000.bin"
-SONOTA_ARDUINO_NAME: Final = "image_arduino.bin"
 
 SONOTA_USER1_SHA256: Final = "64b374598d11f91a453adc6d95ebcbcced347fbc9abad9b62ad5b710a965a309"
 SONOTA_USER2_SHA256: Final = "fec3fc4f70cf1a95cdc28811f57e53612908c62c8963e1b78a66d3edb19addda"
