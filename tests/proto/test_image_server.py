@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 import pytest
 
+from custom_components.sonoff_ota.proto import image_server
 from custom_components.sonoff_ota.proto.http_range import ByteRange, parse_range
 from custom_components.sonoff_ota.proto.image_server import (
     ImageEvent,
@@ -285,6 +286,23 @@ async def test_progress_events_and_fetch_log(
         (USER1, ByteRange(8192, SIZE - 1)),
     ]
     assert all(s is served for s, _ in seen)
+
+
+async def test_fetch_log_keeps_only_the_latest_requests(
+    socket_enabled: None, images: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HA runs for months and every flash adds ~120 requests: the log must not grow forever."""
+    monkeypatch.setattr(image_server, "FETCH_LOG_SIZE", 2)
+    server = ImageServer()
+    served = server.add_set(images, deviceid="10000bad60")
+    async with serving(server) as port:
+        for start in range(0, SIZE, 4096):
+            headers = {"Range": f"bytes={start}-{start + 4095}"}
+            await raw_http(port, get_request(served.url_path(USER1), headers=headers))
+    assert [r.byte_range for r in server.fetch_log] == [
+        ByteRange(4096, 8191),
+        ByteRange(8192, SIZE - 1),
+    ]
 
 
 async def test_ota_flash_callback_is_delivered(

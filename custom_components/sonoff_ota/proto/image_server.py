@@ -26,6 +26,7 @@ The handler routes on `request.path`, so it can be mounted under any catch-all r
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 import enum
@@ -48,6 +49,8 @@ FIXED_PREFIX: Final = "/ota"
 PACED_SEGMENT: Final = "paced"
 CONTENT_TYPE: Final = "application/octet-stream"
 TOKEN_BYTES: Final = 16
+FETCH_LOG_SIZE: Final = 4096
+"""Requests kept in `fetch_log`: HA runs for months, each flash adds about 120 of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,8 @@ class ImageServer:
         self._listener = listener
         self._sets: dict[str, ServedSet] = {}
         self._fixed: ServedSet | None = None
-        self.fetch_log: list[FetchRecord] = []
+        self.fetch_log: deque[FetchRecord] = deque(maxlen=FETCH_LOG_SIZE)
+        """The latest requests (diagnostics; a result callback is matched to its peer's set)."""
 
     # -- registry -------------------------------------------------------------------------
 
