@@ -49,8 +49,9 @@ FIXED_PREFIX: Final = "/ota"
 PACED_SEGMENT: Final = "paced"
 CONTENT_TYPE: Final = "application/octet-stream"
 TOKEN_BYTES: Final = 16
-FETCH_LOG_SIZE: Final = 4096
-"""Requests kept in `fetch_log`: HA runs for months, each flash adds about 120 of them."""
+FETCH_LOG_SIZE: Final = 512
+"""Requests kept in `fetch_log` (each flash adds about 120; a result callback needs only the
+latest of its peer): about 130 KB at most, though HA runs for months."""
 
 
 @dataclass(frozen=True, slots=True)
