@@ -23,8 +23,14 @@ from custom_components.sonoff_ota.proto.host_wifi_types import HopErrorCode
 INTEGRATION = Path(__file__).parent.parent / "custom_components" / "sonoff_ota"
 STRINGS = json.loads((INTEGRATION / "strings.json").read_text())
 FLASH_ERRORS = {"SetupModeError", "DiyFlashError"}
-CONFIG_FLOW_MODULES = {"config_flow", "diy_flow", "firmware_flow", "flash_flow", "handoff_flow"}
-CONFIG_FLOW_MODULES |= {"setup_mode_flow"}
+CONFIG_FLOW_MODULES = {
+    "config_flow",
+    "diy_flow",
+    "firmware_flow",
+    "flash_flow",
+    "handoff_flow",
+    "setup_mode_flow",
+}
 
 
 @dataclass(frozen=True)
