@@ -9,7 +9,10 @@ entry. Then, through the config flow as the UI drives it, it runs:
 - setup-mode flashes aborted while waiting for the access point, mid-download and
   in FinalStage; a DIY flash aborted mid-download;
 - a setup-mode flash that times out (no access point) and is cancelled;
-- `--flashes` more DIY flashes to the end, for the RSS growth.
+- `--flashes` more DIY flashes to the end, for the RSS growth. Those devices run
+  in a child process (`bench.device_host`): a virtual Sonoff's 1 MiB flash and
+  the images it holds would otherwise count in HA's RSS, which a real device's
+  do not.
 
 After every outcome it counts what of ours is left (listening sockets of this
 process, tasks running our code, timers calling it, private listener leases)
@@ -262,17 +265,14 @@ async def setup_mode_timeout(bench: Bench) -> bool:
 
 
 async def diy_flash(bench: Bench, settings: Any, number: int, *, abort: bool = False) -> bool:
-    """One DIY flash of a new device (to the end, or aborted mid-download)."""
-    from tests.harness import discover, tasmota_ap_port  # noqa: PLC0415
-    from virtual_sonoff.diy import DiyConfig, DiyDevice, DiyStage  # noqa: PLC0415
+    """One DIY flash of a new device in this process (to the end, or aborted mid-download)."""
+    from bench.device_host import diy_config  # noqa: PLC0415
+    from tests.harness import tasmota_ap_port  # noqa: PLC0415
+    from virtual_sonoff.diy import DiyDevice, DiyStage  # noqa: PLC0415
     from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff  # noqa: PLC0415
     from virtual_sonoff.profile import Timing  # noqa: PLC0415
 
-    hass = bench.hass
-    config = DiyConfig(
-        deviceid=f"1000e4{number:04x}",
-        sta_mac=f"D8:F1:5B:00:{number // 256:02X}:{number % 256:02X}",
-    )
+    config = diy_config(number)
     if abort:
         config = replace(config, timing=Timing(chunk_delay=0.02))
     sonoff = VirtualSonoff(
@@ -281,17 +281,43 @@ async def diy_flash(bench: Bench, settings: Any, number: int, *, abort: bool = F
     async with sonoff:
         device = sonoff.ewelink
         assert isinstance(device, DiyDevice)
-        result = await discover(hass, device)
-        assert result["step_id"] == "diy_confirm", result
-        started: Any = await hass.config_entries.flow.async_configure(result["flow_id"], {})
-        assert started["type"] is FlowResultType.SHOW_PROGRESS, started
+        flow_id = await _start_diy_flash(bench.hass, device)
         if abort:
             await device.wait_for_stage(DiyStage.DOWNLOADING, BOUND)
             await device.stop()
-            hass.config_entries.flow.async_abort(result["flow_id"])
+            bench.hass.config_entries.flow.async_abort(flow_id)
             return True
-        final = await _flow_result(hass, result["flow_id"])
-        return final["type"] is FlowResultType.ABORT and final["reason"] == "flash_successful"
+        return await _flashed(bench.hass, flow_id)
+
+
+async def hosted_diy_flash(bench: Bench, settings: Any, host: Any, number: int) -> bool:
+    """One DIY flash to the end of a new device that runs in the device host process."""
+    from tests.harness import tasmota_ap_port  # noqa: PLC0415
+
+    device = await host.diy(number, tasmota_ap_port(settings))
+    try:
+        flow_id = await _start_diy_flash(bench.hass, device)
+        done = await _flashed(bench.hass, flow_id)
+    finally:
+        flashed = await device.stop()
+    return done and bool(flashed)
+
+
+async def _start_diy_flash(hass: HomeAssistant, device: Any) -> str:
+    """Discover the device as HA's zeroconf would and confirm the flash; the flow's id."""
+    from tests.harness import discover  # noqa: PLC0415
+
+    result = await discover(hass, device)
+    assert result["step_id"] == "diy_confirm", result
+    started: Any = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert started["type"] is FlowResultType.SHOW_PROGRESS, started
+    return str(result["flow_id"])
+
+
+async def _flashed(hass: HomeAssistant, flow_id: str) -> bool:
+    """Wait for the flow's end; True when it ended with the device flashed."""
+    final = await _flow_result(hass, flow_id)
+    return final["type"] is FlowResultType.ABORT and final["reason"] == "flash_successful"
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -386,10 +412,20 @@ async def run(args: argparse.Namespace) -> int:
                     ok = False
                 await bench.record(label, ok)
 
+            from bench.device_host import DeviceHost  # noqa: PLC0415
+
+            # The devices of the RSS figure run in a process of their own: HA's RSS only.
+            host = await stack.enter_async_context(DeviceHost())
+            async with asyncio.timeout(BOUND):  # the host's start-up, before the baseline
+                ok = await hosted_diy_flash(bench, settings, host, 99)
+            if not ok:
+                bench.failures.append("DIY flash of a device in the device host failed")
+            await hass.async_block_till_done(wait_background_tasks=True)
+            gc.collect()
             rss_before = (await hass.async_add_executor_job(read_memory)).rss_kib
             for number in range(args.flashes):
                 async with asyncio.timeout(BOUND):
-                    ok = await diy_flash(bench, settings, 100 + number)
+                    ok = await hosted_diy_flash(bench, settings, host, 100 + number)
                 if not ok:
                     bench.failures.append(f"DIY flash {number + 1} of {args.flashes} failed")
             await hass.async_block_till_done(wait_background_tasks=True)

@@ -17,7 +17,7 @@ from ipaddress import ip_address
 import random
 import socket
 import traceback
-from typing import Any
+from typing import Any, Protocol
 
 from homeassistant import config_entries
 from homeassistant.components.mqtt import config_flow as mqtt_config_flow
@@ -37,7 +37,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
 from tests.proto.firmware_server import FirmwareServer, firmware_server
-from virtual_sonoff.diy import DiyConfig, DiyDevice
+from virtual_sonoff.diy import DiyConfig, DiyDevice, MdnsAnnouncement
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
@@ -437,7 +437,14 @@ async def start_setup_mode_flash(hass: HomeAssistant, **fields: Any) -> dict[str
     return dict(result)
 
 
-async def discover(hass: HomeAssistant, device: DiyDevice) -> dict[str, Any]:
+class Announcing(Protocol):
+    """A DIY device here, or one in another process (`bench.device_host`)."""
+
+    def announcement(self) -> MdnsAnnouncement:
+        """The device's `_ewelink._tcp` record."""
+
+
+async def discover(hass: HomeAssistant, device: Announcing) -> dict[str, Any]:
     """HA's zeroconf hands the device's `_ewelink._tcp` announcement to the flow."""
     record = device.announcement()
     result = await hass.config_entries.flow.async_init(
