@@ -85,7 +85,10 @@ class FirmwareDownloader:
 
     async def _download(self, url: str, flight: _Flight) -> bytes:
         shown = redact_url(url)
-        received = bytearray()
+        # The chunks, joined once at the end: one allocation of the image's size, not a
+        # buffer re-grown ~30 times (each growth a fresh block the allocator keeps).
+        chunks: list[bytes] = []
+        received = 0
         total: int | None = None
         try:
             async with self._session.get(
@@ -107,17 +110,18 @@ class FirmwareDownloader:
                     )
                 self._report_progress(flight, 0, total)
                 async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
-                    received += chunk
-                    if len(received) > MAX_DOWNLOAD_BYTES:
+                    chunks.append(chunk)
+                    received += len(chunk)
+                    if received > MAX_DOWNLOAD_BYTES:
                         raise FirmwareInvalidError(
                             FirmwareErrorCode.DOWNLOAD_TOO_LARGE,
-                            {"url": shown, "received": len(received), "limit": MAX_DOWNLOAD_BYTES},
+                            {"url": shown, "received": received, "limit": MAX_DOWNLOAD_BYTES},
                         )
-                    self._report_progress(flight, len(received), total)
+                    self._report_progress(flight, received, total)
         except aiohttp.ClientPayloadError as err:
             raise FirmwareUnavailableError(
                 FirmwareErrorCode.TRUNCATED,
-                {"url": shown, "received": len(received), "expected": total or -1},
+                {"url": shown, "received": received, "expected": total or -1},
             ) from err
         except aiohttp.ConnectionTimeoutError as err:  # never connected: unreachable
             raise FirmwareUnavailableError(
@@ -125,21 +129,21 @@ class FirmwareDownloader:
                 {"url": shown, "reason": type(err).__name__},
             ) from err
         except TimeoutError as err:  # connected, then no data for sock_read s (or total)
-            _LOGGER.warning("Download of %s stalled after %d bytes; given up", shown, len(received))
+            _LOGGER.warning("Download of %s stalled after %d bytes; given up", shown, received)
             raise FirmwareUnavailableError(
-                FirmwareErrorCode.TIMEOUT, {"url": shown, "received": len(received)}
+                FirmwareErrorCode.TIMEOUT, {"url": shown, "received": received}
             ) from err
         except (aiohttp.ClientError, OSError) as err:
             raise FirmwareUnavailableError(
                 FirmwareErrorCode.UNREACHABLE,
                 {"url": shown, "reason": type(err).__name__},
             ) from err
-        if total is not None and len(received) != total:
+        if total is not None and received != total:
             raise FirmwareUnavailableError(
                 FirmwareErrorCode.TRUNCATED,
-                {"url": shown, "received": len(received), "expected": total},
+                {"url": shown, "received": received, "expected": total},
             )
-        return bytes(received)
+        return b"".join(chunks)
 
     @staticmethod
     def _report_progress(flight: _Flight, received: int, total: int | None) -> None:
