@@ -24,6 +24,7 @@ import sys
 import tempfile
 
 from custom_components.sonoff_ota.listeners import PrivateListener
+from custom_components.sonoff_ota.proto.firmware_image import ImageData
 from custom_components.sonoff_ota.proto.flash_stages import FlashPath, FlashTracker
 from custom_components.sonoff_ota.proto.image_server import ImageServer
 from custom_components.sonoff_ota.proto.setup_ap import SetupApClient
@@ -279,13 +280,13 @@ async def flash_one(
     return DeviceRun(deviceid, start, end, imposed.computed, ok, note, emulator_bytes=held), imposed
 
 
-async def _verify(device: SetupModeDevice, final: bytes, timing: Timing) -> bool:
+async def _verify(device: SetupModeDevice, final: ImageData, timing: Timing) -> bool:
     """Wait for the device to boot Tasmota (after the timed window) and compare the flash."""
     try:
         await device.wait_for_stage(Stage.TASMOTA, timing.reboot_delay + TASMOTA_WAIT_MARGIN)
     except TimeoutError:
         return False
-    return device.flash.image_at(ARDUINO_OFFSET) == final
+    return device.flash.image_at(ARDUINO_OFFSET) == bytes(final)
 
 
 def expected_device_seconds(timing: Timing, images: SetupModeImages) -> float:

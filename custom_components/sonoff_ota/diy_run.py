@@ -26,7 +26,7 @@ from .proto.diy_flasher import IMAGE_NAME, DiyFlasher, DiyFlashError, DiyJob, Di
 from .proto.firmware_cache import StoredImage
 from .proto.firmware_choice import FirmwareChoice
 from .proto.firmware_download import ProgressCallback
-from .proto.firmware_image import ImageRole
+from .proto.firmware_image import ImageData, ImageRole
 from .proto.flash_stages import FlashPath, FlashTracker
 from .served_run import ServedRun
 
@@ -93,7 +93,7 @@ class DiyRun(ServedRun[DiyFlasher]):
         flasher = self._flasher(server, b"")
         return await flasher.check()
 
-    def _flasher(self, server: FlashServer, image: bytes) -> DiyFlasher:
+    def _flasher(self, server: FlashServer, image: ImageData) -> DiyFlasher:
         timeouts = server.settings.timeouts
         job = DiyJob(
             deviceid=self.target.deviceid,

@@ -27,6 +27,7 @@ from .proto.firmware_cache import StoredImage, read_if_intact
 from .proto.firmware_choice import FirmwareChoice
 from .proto.firmware_download import ProgressCallback
 from .proto.firmware_errors import FirmwareErrorCode, FirmwareUnavailableError
+from .proto.firmware_image import ImageData
 from .proto.flash_stages import FlashPath, FlashTracker, Stage
 from .proto.host_wifi_hop import WifiHop
 from .proto.image_names import FINAL_NAME, USER1_NAME, USER2_NAME
@@ -190,7 +191,7 @@ class SetupModeRun(ServedRun[SetupModeFlasher]):
             **({"model": record.model} if record.model else {}),
             **({"rom_version": record.fw_version} if record.fw_version else {}),
         )
-        data: dict[str, bytes] = {}
+        data: dict[str, ImageData] = {}
         for name in (USER1_NAME, USER2_NAME, FINAL_NAME):
             image = record.images.get(name)
             found = (

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import gzip
 import hashlib
 import json
+import mmap
 from pathlib import Path
 
 import aiohttp
@@ -116,7 +117,7 @@ async def test_good_image_is_downloaded_cached_and_served(
         assert (image.from_cache, image.offline, image.fell_back) == (False, False, False)
         assert image.synthetic
         assert image.path == tmp_path / "images" / f"{image.sha256}.bin"
-        assert await store.read_bytes(image) == data
+        assert bytes(await store.read_bytes(image)) == data
         assert seen[0] == (0, 490_000)
         assert seen[-1] == (490_000, 490_000)
         assert server.requests[LATEST] == 1
@@ -127,6 +128,30 @@ async def test_good_image_is_downloaded_cached_and_served(
     assert (entry["size"], entry["magic"], entry["flash_mode"]) == (490_000, 0xE9, 3)
     assert entry["synthetic"] is True
     assert await cache_files(hass, tmp_path) == [f"images/{sha(data)}.bin", "index.json"]
+
+
+async def test_cached_image_is_served_from_an_anonymous_mapping(
+    hass: HomeAssistant, socket_enabled: None, tmp_path: Path
+) -> None:
+    """Every flash reads its image back from the cache into a mapping of its own.
+
+    Half-megabyte `bytes` read per flash and freed after it fragmented glibc's heap
+    (`bench.leaks`: the RSS grew by about 4 MB over 20 DIY flashes, under 2 MB with the
+    mapping). A mapping is returned to the system when the last reference goes; the
+    file on disk is not mapped (a file changed under a mapping would fault).
+    """
+    async with (
+        firmware_server(default_files()) as server,
+        store_for(hass, tmp_path, sources_for(server)) as store,
+    ):
+        image = await store.get_tasmota(ImageRole.DIY)
+        served = await store.read_bytes(image)
+        assert isinstance(served, mmap.mmap)
+        assert bytes(served) == server.files[LATEST]
+        assert served[:1] == b"\xe9"  # slices are bytes, as with `bytes`
+        # Changing the cache file later does not change what this flash serves.
+        await hass.async_add_executor_job(image.path.write_bytes, b"\xe9" + bytes(16))
+        assert bytes(served) == server.files[LATEST]
 
 
 async def test_setup_images_pinned_intermediates_and_cache_first(
@@ -257,7 +282,7 @@ async def test_truncated_download_is_never_cached(
             # Once the server behaves, the same store gets the whole image.
             server.truncate.clear()
             image = await store.get_url(server.url(LATEST), ImageRole.DIY)
-            assert await store.read_bytes(image) == files[LATEST]
+            assert bytes(await store.read_bytes(image)) == files[LATEST]
             assert server.requests[LATEST] == 2
 
 
@@ -297,7 +322,7 @@ async def test_server_down_warm_cache_then_cold(
             assert cached.fetch_error is FirmwareErrorCode.UNREACHABLE
             assert not cached.fell_back
             assert cached.sha256 == first.sha256
-            assert await store.read_bytes(cached) == files[LATEST]
+            assert bytes(await store.read_bytes(cached)) == files[LATEST]
         async with store_for(hass, cold, sources) as store:
             with pytest.raises(FirmwareUnavailableError) as caught:
                 await store.get_tasmota(ImageRole.DIY)
@@ -330,7 +355,7 @@ async def test_upload_bad_then_good(
         image = await store.store_upload(good, "mine.bin", ImageRole.DIY)
         assert image.source_url is None
         assert image.report.warning_codes == (IssueCode.NEAR_DIY_LIMIT,)
-        assert await store.read_bytes(image) == good
+        assert bytes(await store.read_bytes(image)) == good
 
 
 async def test_corrupted_cache_file_is_detected(
@@ -348,7 +373,7 @@ async def test_corrupted_cache_file_is_detected(
         # The damaged copy is dropped; the next request downloads again.
         again = await store.get_intermediate(ImageRole.SETUP_USER2)
         assert not again.from_cache
-        assert await store.read_bytes(again) == intermediate_user2()
+        assert bytes(await store.read_bytes(again)) == intermediate_user2()
         assert server.requests[USER2] == 2
 
 
@@ -478,9 +503,9 @@ async def test_each_choice_reaches_its_own_source(
         same_role = await store.get_chosen(upload, ImageRole.DIY)
         # An upload checked for DIY is checked again for setup mode's own limits.
         other_role = await store.get_chosen(upload, ImageRole.SETUP_FINAL)
-        assert await store.read_bytes(latest) == files[LATEST]
-        assert await store.read_bytes(chosen) == release
-        assert await store.read_bytes(by_url) == custom
+        assert bytes(await store.read_bytes(latest)) == files[LATEST]
+        assert bytes(await store.read_bytes(chosen)) == release
+        assert bytes(await store.read_bytes(by_url)) == custom
         assert same_role is uploaded
         assert other_role.role is ImageRole.SETUP_FINAL
         assert other_role.sha256 == uploaded.sha256

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass, field
 import logging
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .diy_client import DiyClient, DiyError, DiyErrorCode, DiyInfo
 from .diy_discovery import check_eligibility
@@ -22,6 +22,9 @@ from .diy_ota_result import FlashResult, flash_result
 from .flash_stages import FlashTracker, Stage
 from .image_names import DIY_NAME
 from .image_server import ImageEventKind, ImageServer, ServedSet
+
+if TYPE_CHECKING:
+    from .firmware_image import ImageData
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class DiyJob:
 
     deviceid: str
     device_type: str
-    image: bytes = field(repr=False)
+    image: ImageData = field(repr=False)
     download_base: Callable[[], str]
     """`http://<ip literal>:<port>` the device downloads from (plain HTTP, never https)."""
     encrypted: bool = False

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 import json
 import logging
+import mmap
 import os
 from pathlib import Path
 import secrets
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from .firmware_errors import FirmwareErrorCode, FirmwareUnavailableError
 from .firmware_image import (
     KNOWN_IMAGES,
+    ImageData,
     ImageReport,
     ImageRole,
     KnownImage,
@@ -73,7 +75,7 @@ class StoredImage:
     fetch_error: FirmwareErrorCode | None = None  # why the network copy was not used
     fell_back: bool = False  # get_tasmota used the known-good older lite
     fallback_reason: FirmwareErrorCode | None = None
-    data: bytes | None = field(default=None, repr=False, compare=False)
+    data: ImageData | None = field(default=None, repr=False, compare=False)
     """The verified bytes, when the cache could not keep them (read-only or full)."""
 
     @property
@@ -82,7 +84,7 @@ class StoredImage:
         return self.report.synthetic
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
+def _write_atomic(dest: Path, data: ImageData) -> None:
     """Write to a temporary file beside `dest`, fsync, then rename over it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
@@ -97,14 +99,28 @@ def _write_atomic(dest: Path, data: bytes) -> None:
         raise
 
 
-def read_if_intact(path: Path, sha256: str) -> bytes | None:
+def _read_mapped(path: Path) -> ImageData:
+    """The file's bytes in an anonymous mapping (`firmware_image.ImageData` says why)."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if not size:
+            return b""
+        data = mmap.mmap(-1, size)
+        read = handle.readinto(data)
+    if read != size:  # the file changed while being read: what is here is not it
+        data.close()
+        raise OSError(f"read {read} of {size} bytes")
+    return data
+
+
+def read_if_intact(path: Path, sha256: str) -> ImageData | None:
     """The file's bytes if it exists and still hashes to `sha256`; else None.
 
     A file that no longer matches is removed (when the cache lets us). An
     unreadable cache is an empty one.
     """
     try:
-        data = path.read_bytes()
+        data = _read_mapped(path)
     except FileNotFoundError:
         return None
     except OSError as err:
@@ -218,7 +234,7 @@ class FirmwareCache:
             from_cache=True,
         )
 
-    async def read_bytes(self, image: StoredImage) -> bytes:
+    async def read_bytes(self, image: StoredImage) -> ImageData:
         """The exact bytes to serve for `image`, checked against its sha256."""
         if image.data is not None:  # the cache could not keep it: verified in memory
             return image.data
@@ -230,7 +246,7 @@ class FirmwareCache:
         return data
 
     # ---------------------------------------------------------------- internals
-    async def keep(self, data: bytes, sha256: str) -> tuple[Path, bytes | None]:
+    async def keep(self, data: ImageData, sha256: str) -> tuple[Path, ImageData | None]:
         """Put verified bytes into the cache (temporary file, then rename).
 
         Returns the cache path, and the bytes themselves when the cache could not

@@ -33,6 +33,7 @@ from .firmware_errors import (
 )
 from .firmware_image import (
     KNOWN_IMAGES,
+    ImageData,
     ImageReport,
     ImageRole,
     KnownImage,
@@ -185,7 +186,7 @@ class FirmwareStore:
             expected_sha256=expected_sha256,
         )
 
-    async def store_upload(self, data: bytes, filename: str, role: ImageRole) -> StoredImage:
+    async def store_upload(self, data: ImageData, filename: str, role: ImageRole) -> StoredImage:
         """Validate an uploaded file and keep it in the cache."""
         report = validate_image(
             data, role, filename=filename or None, known_images=self._known_images
@@ -199,7 +200,7 @@ class FirmwareStore:
             )
         return await self._keep(data, report, role, filename, url=None)
 
-    async def read_bytes(self, image: StoredImage) -> bytes:
+    async def read_bytes(self, image: StoredImage) -> ImageData:
         """The exact bytes to serve for `image`, checked against its sha256."""
         return await self._cache.read_bytes(image)
 
@@ -252,7 +253,13 @@ class FirmwareStore:
         return await self._keep(data, report, role, name, url=url)
 
     async def _keep(
-        self, data: bytes, report: ImageReport, role: ImageRole, filename: str, *, url: str | None
+        self,
+        data: ImageData,
+        report: ImageReport,
+        role: ImageRole,
+        filename: str,
+        *,
+        url: str | None,
     ) -> StoredImage:
         """Keep validated bytes in the cache; a download (`url`) is indexed once on disk."""
         path, memory = await self._cache.keep(data, report.sha256)

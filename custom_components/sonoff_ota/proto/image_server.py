@@ -34,12 +34,15 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import Final, TypedDict, Unpack
+from typing import TYPE_CHECKING, Final, TypedDict, Unpack
 
 from aiohttp import web
 
 from .diy_ota_result import OTA_RESULT_PATH, OtaResult, parse_ota_result
 from .http_range import ByteRange, parse_range
+
+if TYPE_CHECKING:
+    from .firmware_image import ImageData
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class ServedFile:
     """One image in a served set: its bytes (shared, never copied) and their sha256."""
 
     name: str
-    data: bytes = field(repr=False)
+    data: ImageData = field(repr=False)
     sha256: str
 
 
@@ -148,7 +151,7 @@ class ServedSet:
     def __init__(
         self,
         token: str,
-        files: Mapping[str, bytes],
+        files: Mapping[str, ImageData],
         prefix: str,
         *,
         deviceid: str | None,
@@ -252,7 +255,7 @@ class ImageServer:
 
     def add_set(
         self,
-        files: Mapping[str, bytes],
+        files: Mapping[str, ImageData],
         *,
         deviceid: str | None = None,
         peer: str | None = None,

@@ -32,6 +32,7 @@ from .setup_mode_errors import SetupModeError, StageTimeoutError
 from .wifi import WifiSettings
 
 if TYPE_CHECKING:
+    from .firmware_image import ImageData
     from .setup_mode_wifi import SetupModeWifi
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ def firmware_verdict(rom_version: str | None) -> str:
 class SetupModeImages:
     """The three images a setup-mode flash serves (already validated)."""
 
-    user1: bytes = field(repr=False)
-    user2: bytes = field(repr=False)
-    final: bytes = field(repr=False)
+    user1: ImageData = field(repr=False)
+    user2: ImageData = field(repr=False)
+    final: ImageData = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
