@@ -164,7 +164,7 @@ async def test_stalled_source_with_a_cached_copy_uses_the_copy(
         stall.body = None  # then the same URL stalls
         cached = await store.get_url(stall.url(), ImageRole.DIY)
         assert (cached.offline, cached.fetch_error) == (True, FirmwareErrorCode.TIMEOUT)
-        assert await store.read_bytes(cached) == image
+        assert bytes(await store.read_bytes(cached)) == image
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
@@ -187,13 +187,13 @@ async def test_unwritable_cache_serves_from_memory(
     async with firmware_server({"t.bin": image}) as server, aiohttp.ClientSession() as session:
         store = FirmwareStore(tmp_path, session, hass.async_add_executor_job)
         stored = await store.get_url(server.url("t.bin"), ImageRole.DIY)
-        assert stored.data == image
-        assert await store.read_bytes(stored) == image
+        assert bytes(stored.data) == image
+        assert bytes(await store.read_bytes(stored)) == image
         again = await store.get_url(server.url("t.bin"), ImageRole.DIY)  # nothing cached
-        assert await store.read_bytes(again) == image
+        assert bytes(await store.read_bytes(again)) == image
         assert server.requests["t.bin"] == 2
         upload = await store.store_upload(image, "mine.bin", ImageRole.DIY)
-        assert await store.read_bytes(upload) == image
+        assert bytes(await store.read_bytes(upload)) == image
     assert "serving it from memory" in caplog.text
     assert await hass.async_add_executor_job(_listing, tmp_path) == []
 
@@ -207,7 +207,7 @@ async def test_cache_path_that_is_a_file_serves_from_memory(
     async with firmware_server({"t.bin": image}) as server, aiohttp.ClientSession() as session:
         store = FirmwareStore(tmp_path, session, hass.async_add_executor_job)
         stored = await store.get_url(server.url("t.bin"), ImageRole.DIY)
-        assert await store.read_bytes(stored) == image
+        assert bytes(await store.read_bytes(stored)) == image
 
 
 # ----------------------------------------------------------- the flow, end to end
