@@ -9,8 +9,8 @@ does, one named step of the story at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 import hashlib
 from ipaddress import ip_address
@@ -38,6 +38,7 @@ from custom_components.sonoff_ota.const import CONF_SSID, CONF_WIFI_PASSWORD, DO
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
 from tests.proto.firmware_server import FirmwareServer, firmware_server
 from virtual_sonoff.diy import DiyConfig, DiyDevice, MdnsAnnouncement
+from virtual_sonoff.ewelink_station import EwelinkStation
 from virtual_sonoff.flash_memory import ARDUINO_OFFSET
 from virtual_sonoff.images import intermediate_user1, intermediate_user2, tasmota_lite
 from virtual_sonoff.lifecycle import TasmotaPlan, VirtualSonoff
@@ -322,6 +323,23 @@ async def running_setup_device(
             yield device
         finally:
             SONOFFS.pop(id(device), None)
+
+
+@contextmanager
+def held_download(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
+    """With `Fault.STALL`, the device pauses after a chunk until released (not forever).
+
+    So the restart does not close a listener while the device connects to it (a race
+    that the debug event loop reports as an error of the test's loop, not of the flow).
+    """
+    release = asyncio.Event()
+
+    async def stall(self: EwelinkStation) -> None:
+        self._log("download_stalled", {})
+        await release.wait()
+
+    monkeypatch.setattr(EwelinkStation, "_stall", stall)
+    yield release
 
 
 @asynccontextmanager

@@ -276,7 +276,7 @@ async def test_progress_ring_and_text_show_the_same_number(
         def on_ring(event: Event[Any]) -> None:
             if event.data["flow_id"] != flow_id:
                 return
-            notified = flow._flash.last_notified
+            notified = flow._ring.last_state
             assert notified is not None, "a ring value before any text"
             rings.append((math.ceil(100 * event.data["progress"]), notified[1]["percentage"]))
 

@@ -21,7 +21,7 @@ from typing import Any
 from homeassistant import config_entries, loader
 from homeassistant.components.repairs import DOMAIN as REPAIRS_DOMAIN
 from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.data_entry_flow import FlowHandler, FlowResultType
 from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import (
@@ -36,10 +36,12 @@ from custom_components.sonoff_ota.known_devices import get_device
 from custom_components.sonoff_ota.proto.flash_stages import Stage
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Timeouts
 from tests.dashboard_device import setup_entry
+from tests.frontend_dialog import FrontendDialog
 from tests.harness import (
     LOOPBACK,
     Firmware,
     free_port,
+    held_download,
     install_settings,
     local_firmware,
     running_setup_device,
@@ -127,23 +129,6 @@ def held_websocket(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
     yield release
 
 
-@contextmanager
-def held_download(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
-    """With `Fault.STALL`, the device pauses after a chunk until released (not forever).
-
-    So the restart does not close a listener while the device connects to it (a race
-    that the debug event loop reports as an error of the test's loop, not of the flow).
-    """
-    release = asyncio.Event()
-
-    async def stall(self: EwelinkStation) -> None:
-        self._log("download_stalled", {})
-        await release.wait()
-
-    monkeypatch.setattr(EwelinkStation, "_stall", stall)
-    yield release
-
-
 async def test_restart_while_the_intermediate_image_waits_on_finalstage(
     hass: HomeAssistant, socket_enabled: None, real_mqtt: None, hass_storage: dict[str, Any]
 ) -> None:
@@ -217,6 +202,50 @@ async def test_restart_after_the_intermediate_download_before_the_ack(
         assert done["type"] is FlowResultType.CREATE_ENTRY, done
         assert len(upgrades(device)) == 1
         assert hass.data[SERVER_KEY].images.fixed is None
+
+
+@pytest.mark.skipif(
+    not hasattr(FlowHandler, "async_update_progress"), reason="no ring before HA 2025.5"
+)
+async def test_the_repair_dialog_keeps_its_ring_through_each_refresh(
+    hass: HomeAssistant, socket_enabled: None, real_mqtt: None
+) -> None:
+    """The repair's hand-off refreshes its text at each stage; the ring follows each refresh.
+
+    The frontend blanks the ring on each refresh event (`tests.frontend_dialog`): the
+    number must come after it, or the dialog shows a spinner until the next change.
+    """
+    slow_boot = Timing(intermediate_boot_delay=1.5)
+    async with flashing_device(hass, timing=slow_boot) as (device, _firmware, entry):
+        await start_flow(hass)
+        await wait_until(lambda: journal_stage(hass) is Stage.WAIT_FINALSTAGE, within=15)
+        await restart_home_assistant(hass, entry)
+        (issue,) = restart_issues(hass)
+        await device.wait_for_stage(DeviceStage.TASMOTA, timeout=20)
+
+        manager = hass.data[REPAIRS_DOMAIN]["flow_manager"]
+        result: Any = await manager.async_init(DOMAIN, data={"issue_id": issue.issue_id})
+        assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+        assert result["step_id"] == "handoff"
+        flow: Any = manager._progress[result["flow_id"]]
+        dialog = FrontendDialog(hass, manager, result["flow_id"])
+        blank_after: list[int] = []
+
+        def check_ring() -> None:
+            if flow._task is not None and not flow._task.done() and dialog.ring is None:
+                blank_after.append(dialog.refreshes)
+
+        dialog.on_refresh = check_ring
+        await dialog.open()
+        await hass.async_block_till_done()  # the hand-off runs to its end
+        dialog.close()
+        assert dialog.refreshes >= 1
+        assert blank_after == [], "the ring was left blank after these refreshes"
+
+        done = await manager.async_configure(result["flow_id"])
+        assert done["step_id"] == "done", done
+        done = await manager.async_configure(result["flow_id"], {})
+        assert done["type"] is FlowResultType.CREATE_ENTRY, done
 
 
 async def test_restart_during_the_intermediate_download(

@@ -21,7 +21,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
-from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED
 from homeassistant.helpers.translation import async_get_translations
 
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
@@ -32,6 +31,7 @@ from .firmware_form import (
     notice_step,
 )
 from .known_devices import async_remember_run
+from .progress_ring import ProgressRing
 from .proto.flash_stages import FlashTracker, Stage
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
 from .proto.wifi import WifiSettings
@@ -64,10 +64,6 @@ class FlashState:
     """The stage that timed out; "try again" resumes there."""
     error: tuple[str, dict[str, str]] | None = None
     """Why the flash stopped: the abort reason and its placeholders."""
-    last_notified: tuple[str, dict[str, str]] | None = None
-    """The progress step (stage, placeholders) the frontend was last told to fetch."""
-    ring_percentage: int | None = None
-    """The number last shown in the progress ring."""
     remove_listener: Callable[[], None] | None = None
     handoff: HandoffRun | None = None
     outcome: HandoffOutcome | None = None
@@ -99,6 +95,7 @@ class FlashFlow(ConfigFlow):
         self._flash = FlashState()
         self._firmware = FirmwareState()
         self._texts = FlowTexts()
+        self._ring = ProgressRing(self)
 
     def _load_saved_wifi(self) -> None:
         """Take the home Wi-Fi from the config entry (once set up, it is never asked again)."""
@@ -131,13 +128,16 @@ class FlashFlow(ConfigFlow):
                 self._async_flash(run), f"{DOMAIN} flash", eager_start=False
             )
         if not flash.task.done():
+            placeholders = self._placeholders(run.tracker)
+            self._ring.fetched(int(placeholders.get("percentage") or 0))
             return self.async_show_progress(
                 step_id="flash",
                 progress_action=self._progress_action(run),
-                description_placeholders=self._placeholders(run.tracker),
+                description_placeholders=placeholders,
                 progress_task=flash.task,
             )
         task, flash.task = flash.task, None
+        self._ring.stop()
         try:
             await task
         except StageTimeoutError as err:
@@ -271,7 +271,10 @@ class FlashFlow(ConfigFlow):
 
     def _on_tracker_change(self, tracker: FlashTracker) -> None:
         """Show the tracker's one number in the text and in the ring, and new texts."""
-        if tracker.finished or self._flash.task is None:
+        if tracker.finished:
+            self._ring.stop()
+            return
+        if self._flash.task is None:
             return
         self._show_progress_change(str(tracker.stage), self._placeholders(tracker))
 
@@ -279,47 +282,9 @@ class FlashFlow(ConfigFlow):
         """Refresh the text when its stage, number or details change; then set the ring.
 
         One number per step: the text's `{percentage}` (overall progress, whole percent)
-        is the ring's number too (HA 2025.5+; 2025.4 has the text only). A refresh makes
-        the frontend fetch the step again and blank its ring until the next progress
-        update, so the ring is set after every refresh.
+        is the ring's number too (HA 2025.5+; 2025.4 has the text only).
         """
-        state = (stage, placeholders)
-        refreshed = state != self._flash.last_notified
-        if refreshed:
-            self._flash.last_notified = state
-            self._notify_flow_changed()
-        percentage = int(placeholders.get("percentage") or 0)
-        if refreshed or percentage != self._flash.ring_percentage:
-            self._flash.ring_percentage = percentage
-            self._set_ring(percentage)
-
-    def _set_ring(self, percentage: int) -> None:
-        """The progress ring at `percentage` (HA 2025.5+; no ring on 2025.4).
-
-        The frontend shows `ceil(100 * progress)` (checked in home-assistant-frontend
-        20260930.5). `percentage / 100` would show 8 for 7 (100 * 0.07 is 7.000000000000001
-        in floating point), so a quarter percent less is sent: ceil and round both give
-        `percentage` back.
-        """
-        update = getattr(self, "async_update_progress", None)
-        if update is not None:
-            update(max(percentage - 0.25, 0.0) / 100)
-
-    def _notify_flow_changed(self) -> None:
-        """Ask the frontend to fetch the step again (new stage, text or percentage).
-
-        Only an event: calling `async_configure` here would race the frontend's own
-        fetch and, once the task is done, run the flow to its end under its feet
-        (the frontend then shows "Invalid flow specified").
-        """
-        notify = getattr(self, "async_notify_flow_changed", None)  # HA 2026.x
-        if notify is not None:
-            notify()
-            return
-        self.hass.bus.async_fire_internal(
-            EVENT_DATA_ENTRY_FLOW_PROGRESSED,
-            {"handler": self.handler, "flow_id": self.flow_id, "refresh": True},
-        )
+        self._ring.show((stage, placeholders), int(placeholders.get("percentage") or 0))
 
     def _progress_action(self, run: FlashRun) -> str:
         """The progress text's key: the stage (the setup-mode flow adds HA's Wi-Fi hop)."""
@@ -427,6 +392,7 @@ class FlashFlow(ConfigFlow):
 
     def async_remove(self) -> None:
         """The flow is gone (finished, aborted or closed): stop everything it started."""
+        self._ring.stop()
         task = self._flash.task
         if task is not None and not task.done():
             task.cancel()

@@ -255,7 +255,10 @@ class HandoffFlow(FlashFlow):
         return f"upgrade_{stage}"
 
     def _on_upgrade_change(self, tracker: UpgradeTracker) -> None:
-        if self._upgrade.task is None or tracker.finished:
+        if tracker.finished:
+            self._ring.stop()
+            return
+        if self._upgrade.task is None:
             return
         self._show_progress_change(self._upgrade_action(), self._upgrade_placeholders())
 
@@ -277,13 +280,16 @@ class HandoffFlow(FlashFlow):
                 _async_wait_shielded(upgrade), f"{DOMAIN} upgrade progress", eager_start=False
             )
         if not state.task.done():
+            placeholders = self._upgrade_placeholders()
+            self._ring.fetched(int(placeholders["percentage"]))
             return self.async_show_progress(
                 step_id="upgrade",
                 progress_action=self._upgrade_action(),
-                description_placeholders=self._upgrade_placeholders(),
+                description_placeholders=placeholders,
                 progress_task=state.task,
             )
         state.task = None
+        self._ring.stop()
         self._drop_upgrade_listener()
         if state.result is not None:
             return self.async_show_progress_done(next_step_id="upgrade_done")

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from homeassistant.components.repairs import RepairsFlow
 from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED
 from homeassistant.exceptions import HomeAssistantError
 import voluptuous as vol
 
@@ -37,6 +36,7 @@ from .issues import (
     async_update_port_issue,
 )
 from .listeners import async_check_port_free
+from .progress_ring import ProgressRing
 from .proto.flash_stages import FlashTracker
 from .proto.setup_mode_errors import SetupModeError, StageTimeoutError
 from .tasmota_link import MqttUnavailableError
@@ -98,32 +98,39 @@ class _ProgressFlow(RepairsFlow):
     _error: tuple[str, dict[str, str]] | None = None
     _remove_listener: Any = None
 
+    def __init__(self) -> None:
+        """Nothing shown yet."""
+        self._ring = ProgressRing(self)
+
     def _follow(self, tracker: FlashTracker) -> None:
         if self._remove_listener is None:
             self._remove_listener = tracker.add_listener(self._changed)
 
     def _changed(self, tracker: FlashTracker) -> None:
-        if self._task is None or tracker.finished:
+        """The text shows the stage, its number and details: refresh it, then the ring."""
+        if tracker.finished:
+            self._ring.stop()
             return
-        if hasattr(self, "async_update_progress"):  # HA 2025.5+
-            self.async_update_progress(tracker.fraction)
-        notify = getattr(self, "async_notify_flow_changed", None)  # HA 2026.x
-        if notify is not None:
-            notify()
-        else:
-            self.hass.bus.async_fire_internal(
-                EVENT_DATA_ENTRY_FLOW_PROGRESSED,
-                {"handler": self.handler, "flow_id": self.flow_id, "refresh": True},
-            )
+        if self._task is None:
+            return
+        state = (str(tracker.stage), tracker.percentage, dict(tracker.details))
+        self._ring.show(state, tracker.percentage)
 
     def _progress(self, step_id: str, action: str, placeholders: dict[str, str]) -> Any:
         assert self._task is not None
+        percentage = placeholders.get("percentage")
+        self._ring.fetched(int(percentage) if percentage is not None else None)
         return self.async_show_progress(
             step_id=step_id,
             progress_action=action,
             progress_task=self._task,
             description_placeholders=placeholders,
         )
+
+    def _progress_done(self, next_step_id: str) -> Any:
+        """The progress step ended: no more numbers for its ring."""
+        self._ring.stop()
+        return self.async_show_progress_done(next_step_id=next_step_id)
 
     async def async_step_failed(self, user_input: dict[str, str] | None = None) -> Any:
         """Say why the flash did not finish (the issue stays: it can be tried again)."""
@@ -132,6 +139,7 @@ class _ProgressFlow(RepairsFlow):
 
     def async_remove(self) -> None:
         """Stop listening (a running flash goes on without the dialog)."""
+        self._ring.stop()
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
@@ -142,6 +150,7 @@ class ResumeFlashRepairFlow(_ProgressFlow):
 
     def __init__(self, flash_id: str) -> None:
         """Remember which flash."""
+        super().__init__()
         self._flash_id = flash_id
         self._outcome: HandoffOutcome | None = None
 
@@ -191,12 +200,12 @@ class ResumeFlashRepairFlow(_ProgressFlow):
             await task
         except StageTimeoutError as err:
             self._error = ("finalstage_timeout", {"stage": str(err.stage)})
-            return self.async_show_progress_done(next_step_id="failed")
+            return self._progress_done("failed")
         except (SetupModeError, asyncio.CancelledError) as err:
             code = err.code if isinstance(err, SetupModeError) else "cancelled"
             self._error = ("finalstage_failed", {"reason": code})
-            return self.async_show_progress_done(next_step_id="failed")
-        return self.async_show_progress_done(next_step_id="handoff")
+            return self._progress_done("failed")
+        return self._progress_done("handoff")
 
     async def async_step_handoff(self, user_input: dict[str, str] | None = None) -> Any:
         """The usual hand-off: Tasmota's Wi-Fi and MQTT, then its HA device."""
@@ -214,8 +223,8 @@ class ResumeFlashRepairFlow(_ProgressFlow):
         task, self._task = self._task, None
         await task
         if self._error is not None:
-            return self.async_show_progress_done(next_step_id="failed")
-        return self.async_show_progress_done(next_step_id="done")
+            return self._progress_done("failed")
+        return self._progress_done("done")
 
     async def _handoff(self, resumed: ResumedFlash) -> None:
         # Loaded by async_step_init.
@@ -272,6 +281,7 @@ class FlashAgainRepairFlow(_ProgressFlow):
 
     def __init__(self, flash_id: str) -> None:
         """Remember which flash."""
+        super().__init__()
         self._flash_id = flash_id
         self._deviceid: str | None = None
 
@@ -306,8 +316,8 @@ class FlashAgainRepairFlow(_ProgressFlow):
         task, self._task = self._task, None
         await task
         if self._error is not None:
-            return self.async_show_progress_done(next_step_id="failed")
-        return self.async_show_progress_done(next_step_id="done")
+            return self._progress_done("failed")
+        return self._progress_done("done")
 
     async def _flash(self) -> None:
         from .known_devices import get_entry  # noqa: PLC0415 - avoids an import cycle
