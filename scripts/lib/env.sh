@@ -78,11 +78,13 @@ chroot_prepare() { # create (once) the Debian sid chroot and install what it lac
   command -v unshare >/dev/null || { log "unshare (util-linux) is needed for the chroot"; return 1; }
   if [ ! -f "$CHROOT/.ready" ]; then
     command -v debootstrap >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+    # apt-get fails, not waits, while another run holds dpkg's lock: stop here, not later.
+    command -v debootstrap >/dev/null || { log "debootstrap could not be installed (is apt-get busy? run again)"; return 1; }
     log "creating the Debian sid chroot in $CHROOT (about a minute, once)"
     rm -rf "$CHROOT"
     local include
     include=$(IFS=,; echo "${CHROOT_PACKAGES[*]}")
-    debootstrap --variant=minbase --include="$include" sid "$CHROOT" >/dev/null
+    debootstrap --variant=minbase --include="$include" sid "$CHROOT" >/dev/null || { log "debootstrap failed"; return 1; }
     touch "$CHROOT/.ready"
   fi
   cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
