@@ -328,7 +328,7 @@ async def _drain_tasmota_publishes() -> None:
     pending when the MQTT entry is unloaded, they fail and asyncio logs "Task exception
     was never retrieved" under the figures.
     """
-    from hatasmota.mqtt import DEBOUNCE_TIMEOUT  # noqa: PLC0415
+    from hatasmota.mqtt import DEBOUNCE_TIMEOUT  # type: ignore[import-untyped]  # noqa: PLC0415
 
     pending = [
         task
