@@ -62,6 +62,7 @@ OUR_MODULES = (
 )
 """What HA imports of ours: the package, its config flow and its platforms."""
 HA_MODULES = (
+    "homeassistant.bootstrap",
     "homeassistant.components.http",
     "homeassistant.components.mqtt",
     "homeassistant.components.network",
@@ -75,6 +76,10 @@ HA_MODULES = (
     "homeassistant.helpers.service_info.zeroconf",
 )
 """What a running HA has loaded before it imports us (not counted as ours).
+
+First `homeassistant.bootstrap`, which started that HA (`python -m homeassistant` runs
+`runner`, which runs `bootstrap`): with it come the helpers HA itself uses, such as
+`helpers.aiohttp_client`, which would otherwise be timed as ours.
 
 Among them the entity integrations of our three platforms (button, sensor, update): HA's
 own, shared by every integration with such entities (`const.BASE_PLATFORMS`).
