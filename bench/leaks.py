@@ -325,25 +325,6 @@ async def _flashed(hass: HomeAssistant, flow_id: str) -> bool:
     return final["type"] is FlowResultType.ABORT and final["reason"] == "flash_successful"
 
 
-async def _drain_tasmota_publishes() -> None:
-    """Let hatasmota's debounced publishes go out while HA's MQTT is still connected.
-
-    hatasmota delays some publishes (the status queries after a discovery) by
-    `DEBOUNCE_TIMEOUT` (1 s) in tasks HA does not track (`hatasmota.mqtt.Timer`); left
-    pending when the MQTT entry is unloaded, they fail and asyncio logs "Task exception
-    was never retrieved" under the figures.
-    """
-    from hatasmota.mqtt import DEBOUNCE_TIMEOUT  # type: ignore[import-untyped]  # noqa: PLC0415
-
-    pending = [
-        task
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "Timer._job"
-    ]
-    if pending:
-        await asyncio.wait(pending, timeout=DEBOUNCE_TIMEOUT + 1)
-
-
 async def run(args: argparse.Namespace) -> int:
     """Set up, measure, flash, print; 1 when a target is missed or a flash failed."""
     from pytest_homeassistant_custom_component.common import (  # noqa: PLC0415
@@ -457,8 +438,10 @@ async def run(args: argparse.Namespace) -> int:
             rss_after = (await hass.async_add_executor_job(read_memory)).rss_kib
             await bench.record(f"after {args.flashes} more DIY flashes", True)
 
+            from tests.harness import stop_tasmota_then_drain  # noqa: PLC0415
+
             await hass.config_entries.async_unload(entry.entry_id)
-            await _drain_tasmota_publishes()
+            await stop_tasmota_then_drain(hass)
             await hass.config_entries.async_unload(mqtt.entry_id)
             await hass.async_block_till_done(wait_background_tasks=True)
 

@@ -23,7 +23,7 @@ import pytest
 import custom_components.sonoff_ota  # noqa: F401  (must come first, see above)
 from custom_components.sonoff_ota import diagnostics as our_diagnostics
 from custom_components.sonoff_ota.proto import fake_cloud
-from tests.harness import setup_real_mqtt
+from tests.harness import setup_real_mqtt, stop_tasmota_then_drain
 from tests.secret_scan import RecordingUuid, ScanHandler, SecretScan
 from virtual_sonoff import setup_mode as virtual_setup_mode
 from virtual_sonoff.mosquitto import MosquittoBroker
@@ -128,6 +128,16 @@ async def broker(socket_enabled: None, tmp_path: Path) -> AsyncGenerator[Mosquit
 
 
 @pytest.fixture
-async def real_mqtt(hass: HomeAssistant, mock_hass_config: None, broker: MosquittoBroker) -> None:
-    """HA's real MQTT integration connected to the real broker."""
+async def real_mqtt(
+    hass: HomeAssistant, mock_hass_config: None, broker: MosquittoBroker
+) -> AsyncGenerator[None]:
+    """HA's real MQTT integration connected to the real broker.
+
+    At the end, while MQTT is still up: HA's tasmota entries are unloaded and hatasmota's
+    pending debounced publishes go out (a virtual Tasmota leaving at the end of a test
+    makes the broker publish its LWT, and HA's tasmota then queries its status 1 s later,
+    by then without MQTT).
+    """
     await setup_real_mqtt(hass, broker)
+    yield
+    await stop_tasmota_then_drain(hass)

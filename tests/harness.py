@@ -19,6 +19,7 @@ import socket
 import traceback
 from typing import Any, Protocol
 
+from hatasmota.mqtt import DEBOUNCE_TIMEOUT  # type: ignore[import-untyped]
 from homeassistant import config_entries
 from homeassistant.components.mqtt import config_flow as mqtt_config_flow
 from homeassistant.core import Event, HomeAssistant, callback
@@ -167,6 +168,31 @@ async def setup_real_mqtt(hass: HomeAssistant, broker: MosquittoBroker) -> MockC
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
     return entry
+
+
+async def drain_tasmota_publishes() -> None:
+    """Let hatasmota's debounced publishes go out while HA's MQTT is still connected.
+
+    hatasmota delays some publishes (the status queries after a discovery or an LWT) by
+    `DEBOUNCE_TIMEOUT` (1 s) in tasks HA does not track (`hatasmota.mqtt.Timer`). Left
+    pending when the MQTT entry is unloaded, they fail, and asyncio logs "Task exception
+    was never retrieved" when they are collected (at interpreter exit, in a test run).
+    """
+    pending = [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "Timer._job"
+    ]
+    if pending:
+        await asyncio.wait(pending, timeout=DEBOUNCE_TIMEOUT + 1)
+
+
+async def stop_tasmota_then_drain(hass: HomeAssistant) -> None:
+    """Unload HA's tasmota entries (no LWT starts another publish), then drain the rest."""
+    for entry in hass.config_entries.async_entries("tasmota"):
+        if entry.state is config_entries.ConfigEntryState.LOADED:
+            await hass.config_entries.async_unload(entry.entry_id)
+    await drain_tasmota_publishes()
 
 
 OUR_SOURCE = "/custom_components/sonoff_ota/"

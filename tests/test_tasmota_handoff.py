@@ -9,13 +9,10 @@ phcc's `mqtt_mock` with messages injected by `async_fire_mqtt_message`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import json
-from pathlib import Path
 from typing import Any
 
 from homeassistant import config_entries
-from homeassistant.components.mqtt import config_flow as mqtt_config_flow
 from homeassistant.const import STATE_OFF, STATE_ON
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er, issue_registry as ir
@@ -49,7 +46,7 @@ from custom_components.sonoff_ota.tasmota_link import (
     async_wait_for_ha_device,
     mqtt_unavailable_reason,
 )
-from tests.harness import LOOPBACK, wait_until
+from tests.harness import LOOPBACK, setup_real_mqtt, wait_until
 from virtual_sonoff.images import tasmota_lite
 from virtual_sonoff.mosquitto import MosquittoBroker
 from virtual_sonoff.tasmota import TasmotaMode, VirtualTasmota
@@ -171,27 +168,6 @@ async def test_mqtt_missing_issue_is_removed_once_mqtt_is_there(
 # --------------------------------------------------- real: Mosquitto end to end
 
 
-@pytest.fixture
-async def broker(socket_enabled: None, tmp_path: Path) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path) as running:
-        yield running
-
-
-async def setup_real_mqtt(hass: HomeAssistant, broker: MosquittoBroker) -> MockConfigEntry:
-    """HA's MQTT entry pointing at the real broker (entry version of this HA's MQTT flow)."""
-    entry = MockConfigEntry(
-        domain="mqtt",
-        data={"broker": broker.host, "port": broker.port},
-        version=mqtt_config_flow.FlowHandler.VERSION,
-        minor_version=mqtt_config_flow.FlowHandler.MINOR_VERSION,
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert await async_mqtt_available(hass)
-    return entry
-
-
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("expected_lingering_timers", [True])
 @pytest.mark.parametrize("expected_lingering_tasks", [True])  # hatasmota's debounce, as above
@@ -205,6 +181,7 @@ async def test_handoff_end_to_end_with_a_real_broker(
             timeouts=Timeouts(tasmota_ap=5, discovery=10),
         )
         entry = await setup_real_mqtt(hass, broker)
+        assert await async_mqtt_available(hass)
         settings = get_settings(hass)
         tracker = FlashTracker(FlashPath.DIY, stage=Stage.WAIT_REBOOT)
         try:
