@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 from bench.leaks import HA_MODULES, OUR_MODULES
-from custom_components.sonoff_ota.flash_stack import FLASH_MODULES
+from custom_components.sonoff_ota.flash_stack import FLASH_MODULES, UPGRADE_MODULES
 
 PACKAGE = "custom_components.sonoff_ota"
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,16 @@ ONLY_FLASHING: tuple[str, ...] = (
     "proto.tasmota_settings",
 )
 """Our modules that only a flash, a hand-off or a recovery uses (with the stack's own)."""
+
+ONLY_UPGRADING: tuple[str, ...] = (
+    *UPGRADE_MODULES,
+    "proto.tasmota_releases",
+    "proto.tasmota_upgrade",
+    "proto.tasmota_upgrade_stages",
+)
+"""Our modules that only the Tasmota upgrade, its entity and the release lookup use:
+loaded when a "Tasmota firmware" entity or a release is first needed (none at start-up
+without devices)."""
 
 _LOADED = """
 import importlib, json, sys
@@ -78,6 +88,46 @@ def test_start_up_imports_no_flash_module() -> None:
     assert not leaked, "imported at start-up, though only flashes use them: " + ", ".join(leaked)
 
 
+def test_start_up_imports_no_upgrade_module() -> None:
+    loaded = loaded_after(HA_MODULES, OUR_MODULES)
+    leaked = sorted({f"{PACKAGE}.{name}" for name in ONLY_UPGRADING} & loaded)
+    assert not leaked, "imported at start-up, though only upgrades use them: " + ", ".join(leaked)
+
+
+_AFTER_FLASH_STACK = """
+import asyncio, json, sys, tempfile
+from homeassistant.core import HomeAssistant
+from custom_components.sonoff_ota.flash_stack import async_load_flash_stack
+
+async def main():
+    with tempfile.TemporaryDirectory() as config_dir:
+        hass = HomeAssistant(config_dir)
+        await async_load_flash_stack(hass)
+        hass.import_executor.shutdown()
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_flash_stack_brings_the_upgrade_stack() -> None:
+    """A flash's flow ends on the upgrade offer: `async_load_flash_stack` loads both.
+
+    In a fresh interpreter with a real (not started) `HomeAssistant` and its import
+    executor.
+    """
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", _AFTER_FLASH_STACK],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    wanted = {f"{PACKAGE}.{name}" for name in (*FLASH_MODULES, *ONLY_UPGRADING)}
+    assert not wanted - loaded, sorted(wanted - loaded)
+
+
 def _local_imports(path: Path, module: str) -> Iterator[tuple[int, str]]:
     """(line, module of ours) of every import inside a function of `path`."""
     is_package = path.name == "__init__.py"
@@ -103,10 +153,13 @@ def test_local_imports_are_loaded_modules() -> None:
 
     Such an import runs in the event loop: a module that is not loaded yet would be
     read and executed there. The only other loads, in HA's executor, are the host
-    Wi-Fi backends (`host_wifi_run`).
+    Wi-Fi backends (`host_wifi_run`). `async_load_flash_stack` loads the upgrade stack
+    too.
     """
     loaded = loaded_after(
-        HA_MODULES, OUR_MODULES, tuple(f"{PACKAGE}.{name}" for name in FLASH_MODULES)
+        HA_MODULES,
+        OUR_MODULES,
+        tuple(f"{PACKAGE}.{name}" for name in (*FLASH_MODULES, *UPGRADE_MODULES)),
     )
     ours = {
         ".".join([PACKAGE, *path.relative_to(SOURCES).with_suffix("").parts]).removesuffix(

@@ -29,6 +29,8 @@ from custom_components.sonoff_ota.diagnostics import (
     async_get_config_entry_diagnostics,
     async_get_device_diagnostics,
 )
+from custom_components.sonoff_ota.options_flow import DEFAULTS, OPT_BUILD
+from custom_components.sonoff_ota.proto.tasmota_releases import BuildChoice
 from custom_components.sonoff_ota.settings import SETTINGS_KEY, Settings, Timeouts
 from custom_components.sonoff_ota.tasmota_link import (
     async_ensure_tasmota_entry,
@@ -273,6 +275,11 @@ async def test_foreign_devices_only_with_the_opt_in(
         )
         await hass.async_block_till_done()
         assert entity_id(hass) is None
+
+
+def test_default_build_is_the_full_build() -> None:
+    """`options_flow` names the default without importing the release code (idle)."""
+    assert DEFAULTS[OPT_BUILD] == BuildChoice.TASMOTA
 
 
 async def test_options_flow_chooses_the_build(

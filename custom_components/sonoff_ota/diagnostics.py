@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from homeassistant.components.diagnostics import REDACTED, async_redact_data
 from homeassistant.config_entries import ConfigEntry
@@ -23,11 +23,13 @@ from yarl import URL
 
 from . import SonoffOtaConfigEntry
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
+from .flash_stack import async_load_upgrade_stack
 from .known_devices import get_device, get_devices
 from .proto.flash_stages import FlashTracker
-from .proto.tasmota_upgrade_stages import UpgradeTracker
 from .settings import get_settings
-from .tasmota_upgrade_run import upgrade_trackers
+
+if TYPE_CHECKING:
+    from .proto.tasmota_upgrade_stages import UpgradeTracker
 
 TO_REDACT: Final = frozenset(
     {
@@ -56,14 +58,13 @@ async def async_get_config_entry_diagnostics(
 ) -> dict[str, Any]:
     """Everything the integration knows, secrets removed."""
     flashes = entry.runtime_data.flashes
+    upgrades = await _async_upgrade_trackers(hass)
     result = {
         "entry": dict(entry.data),
         "devices": {deviceid: record.as_data() for deviceid, record in get_devices(entry).items()},
         "flashes": {deviceid: _tracker(tracker) for deviceid, tracker in flashes.trackers.items()},
         "last_image_synthetic": flashes.synthetic_image,
-        "tasmota_upgrades": {
-            mac: _upgrade(tracker) for mac, tracker in upgrade_trackers(hass).items()
-        },
+        "tasmota_upgrades": {mac: _upgrade(tracker) for mac, tracker in upgrades.items()},
         "settings": _settings(hass),
         "mqtt_configured": bool(hass.config_entries.async_entries(_MQTT_DOMAIN)),
     }
@@ -84,7 +85,8 @@ async def async_get_device_diagnostics(
     }
     if record is not None and record.mac:
         macs.add(record.mac.replace(":", "").upper())
-    upgrade = next((t for mac, t in upgrade_trackers(hass).items() if mac in macs), None)
+    upgrades = await _async_upgrade_trackers(hass)
+    upgrade = next((t for mac, t in upgrades.items() if mac in macs), None)
     result = {
         "deviceid": deviceid,
         "record": record.as_data() if record else None,
@@ -93,6 +95,14 @@ async def async_get_device_diagnostics(
         "last_image_synthetic": entry.runtime_data.flashes.synthetic_image,
     }
     return _redact(result, _secrets(hass, entry))
+
+
+async def _async_upgrade_trackers(hass: HomeAssistant) -> dict[str, UpgradeTracker]:
+    """The last Tasmota upgrade of each device (the upgrade stack loaded off the loop)."""
+    await async_load_upgrade_stack(hass)
+    from .tasmota_upgrade_run import upgrade_trackers  # noqa: PLC0415 - loaded
+
+    return upgrade_trackers(hass)
 
 
 def _tracker(tracker: FlashTracker) -> dict[str, Any]:

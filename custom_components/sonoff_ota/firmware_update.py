@@ -9,17 +9,19 @@ from the HA host), so their entity offers no install and points to the flow inst
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components.update import UpdateEntity, UpdateEntityFeature
 from homeassistant.exceptions import HomeAssistantError
 
 from .const import DOMAIN, PATH_DIY
 from .device_entity import SonoffDeviceEntity
+from .flash_stack import async_load_upgrade_stack
 from .known_devices import DeviceRecord
 from .proto.firmware_choice import FirmwareChoice
-from .proto.tasmota_releases import TasmotaRelease
-from .tasmota_upgrade_run import async_latest_release
+
+if TYPE_CHECKING:
+    from .proto.tasmota_releases import TasmotaRelease
 
 TASMOTA_LABEL = "Tasmota (lite)"
 SYNTHETIC_LABEL = "Tasmota (lite, synthetic test image)"
@@ -84,6 +86,9 @@ class FirmwareUpdate(SonoffDeviceEntity, UpdateEntity):
 
     async def async_update(self) -> None:
         """The newest Tasmota release (cached, and None when offline)."""
+        await async_load_upgrade_stack(self.hass)  # the release lookup, off the event loop
+        from .tasmota_upgrade_run import async_latest_release  # noqa: PLC0415 - loaded
+
         self._release = await async_latest_release(self.hass)
 
     @property

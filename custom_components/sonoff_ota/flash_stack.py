@@ -22,15 +22,22 @@ FLASH_MODULES: tuple[str, ...] = (
     "flash_recovery",
     "setup_mode_many",
 )
-"""Every module a flash, a hand-off or a recovery needs (with theirs).
-
-Not `tasmota_upgrade_run`: the "Tasmota firmware" entities and diagnostics use it while
-idle (the chosen build, the newest release, the last upgrades), and what it imports
-they need anyway.
-"""
+"""Every module a flash, a hand-off or a recovery needs (with theirs)."""
+UPGRADE_MODULES: tuple[str, ...] = ("tasmota_upgrade_run", "tasmota_firmware_update")
+"""The Tasmota upgrade (lite -> full over Tasmota's own OTA) and its entity, with the
+release lookup and the build choice they import: loaded the first time a "Tasmota
+firmware" entity is added, a "Firmware" entity looks the newest release up, the options
+form opens, diagnostics are downloaded, or a flash runs (its flow ends on the upgrade)."""
 
 
 async def async_load_flash_stack(hass: HomeAssistant) -> None:
-    """Import `FLASH_MODULES` in HA's executor (at once when they are loaded already)."""
+    """Import `FLASH_MODULES`, then the upgrade stack, in HA's executor (at once when loaded)."""
     for name in FLASH_MODULES:
+        await async_import_module(hass, f"{__package__}.{name}")
+    await async_load_upgrade_stack(hass)
+
+
+async def async_load_upgrade_stack(hass: HomeAssistant) -> None:
+    """Import `UPGRADE_MODULES` in HA's executor (at once when they are loaded already)."""
+    for name in UPGRADE_MODULES:
         await async_import_module(hass, f"{__package__}.{name}")

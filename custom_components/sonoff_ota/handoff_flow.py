@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigFlowResult
 from homeassistant.exceptions import HomeAssistantError
@@ -35,24 +35,12 @@ import voluptuous as vol
 from .const import CONF_SSID, CONF_WIFI_PASSWORD, DOMAIN
 from .flash_flow import FlashFlow
 from .known_devices import async_remember_run
-from .proto.tasmota_releases import TargetBuild
-from .proto.tasmota_upgrade import UpgradeResult, UpgradeTarget
-from .proto.tasmota_upgrade_stages import (
-    UpgradeError,
-    UpgradeErrorCode,
-    UpgradeStage,
-    UpgradeTracker,
-)
 from .settings import get_settings
-from .tasmota_upgrade_run import (
-    UpgradeBusyError,
-    UpgradeSettlingError,
-    async_image_size,
-    async_run_upgrade,
-    async_wait_until_settled,
-    chosen_build,
-    device_upgrades,
-)
+
+if TYPE_CHECKING:
+    from .proto.tasmota_releases import TargetBuild
+    from .proto.tasmota_upgrade import UpgradeResult, UpgradeTarget
+    from .proto.tasmota_upgrade_stages import UpgradeTracker
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -129,6 +117,8 @@ class HandoffFlow(FlashFlow):
         """
         if (instead := await self._async_flashed()) is not None:
             return instead  # one of several devices: the next one, or the summary
+        from .tasmota_upgrade_run import chosen_build  # noqa: PLC0415 - loaded with the flash stack
+
         run, flash = self._run, self._flash
         assert run is not None and self._wifi is not None
         async with flash.finishing:  # a second fetch at once waits here (see FlashState)
@@ -201,6 +191,8 @@ class HandoffFlow(FlashFlow):
         return entries[0] if entries else None
 
     def _upgrade_target(self) -> UpgradeTarget | None:
+        from .proto.tasmota_upgrade import UpgradeTarget  # noqa: PLC0415 - loaded with the flash stack
+
         handoff = self._flash.handoff
         if handoff is None or handoff.result is None:
             return None
@@ -208,6 +200,8 @@ class HandoffFlow(FlashFlow):
 
     async def _async_size_text(self, build: TargetBuild) -> str:
         """`612 kB` from a HEAD request, or "size not known" (in HA's language)."""
+        from .tasmota_upgrade_run import async_image_size  # noqa: PLC0415 - loaded with the flash stack
+
         size = await async_image_size(self.hass, build.ota_url)
         texts = self._upgrade.texts
         if not texts:
@@ -241,6 +235,8 @@ class HandoffFlow(FlashFlow):
 
     def _upgrade_action(self) -> str:
         """The progress text's key: `upgrade_<stage>` (an end keeps the last stage's text)."""
+        from .proto.tasmota_upgrade_stages import UpgradeStage  # noqa: PLC0415 - loaded with the flash stack
+
         tracker = self._upgrade.tracker
         if tracker is None:
             return f"upgrade_{UpgradeStage.REQUESTED}"
@@ -266,6 +262,8 @@ class HandoffFlow(FlashFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """The upgrade, stage by stage, until the device announces the new version."""
+        from .proto.tasmota_upgrade_stages import UpgradeTracker  # noqa: PLC0415 - loaded with the flash stack
+
         state = self._upgrade
         target = self._upgrade_target()
         assert target is not None and state.build is not None
@@ -299,6 +297,13 @@ class HandoffFlow(FlashFlow):
         self, target: UpgradeTarget, build: TargetBuild, tracker: UpgradeTracker
     ) -> None:
         """Run the shared upgrade; keep its result or its error for the next step."""
+        from .proto.tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode  # noqa: PLC0415 - loaded with the flash stack
+        from .tasmota_upgrade_run import (  # noqa: PLC0415
+            UpgradeBusyError,
+            UpgradeSettlingError,
+            async_run_upgrade,
+        )
+
         state = self._upgrade
         try:
             state.result = await async_run_upgrade(self.hass, target, build, tracker=tracker)
@@ -334,6 +339,8 @@ class HandoffFlow(FlashFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Why the upgrade stopped, with Retry / Skip (skip ends the flow as without it)."""
+        from .tasmota_upgrade_run import device_upgrades  # noqa: PLC0415 - loaded with the flash stack
+
         code, details = self._upgrade.error or ("upgrade_unknown", {})
         target = self._upgrade_target()
         if user_input is not None:
@@ -363,6 +370,8 @@ class HandoffFlow(FlashFlow):
         )
 
     def _cooldown_minutes(self) -> str:
+        from .tasmota_upgrade_run import device_upgrades  # noqa: PLC0415 - loaded with the flash stack
+
         target = self._upgrade_target()
         if target is not None and (state := device_upgrades(self.hass, target.mac)).settling:
             return str(state.minutes_left)
@@ -373,6 +382,8 @@ class HandoffFlow(FlashFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Retry after a timeout: first wait until the device is back on MQTT (or the cooldown)."""
+        from .tasmota_upgrade_run import async_wait_until_settled  # noqa: PLC0415 - loaded with the flash stack
+
         state = self._upgrade
         target = self._upgrade_target()
         assert target is not None

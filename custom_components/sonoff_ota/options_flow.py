@@ -5,6 +5,9 @@
   TLS and wants a `.bin.gz` (spec diy-ota-and-tasmota.md §3.3, §3.7);
 - `all_tasmota_devices`: also offer the entity on Tasmota devices this integration
   did not flash (off by default).
+
+The keys and defaults are read at idle (which devices get the entity); the builds, the
+languages and the URL check come with the upgrade stack, which the form loads first.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from homeassistant.helpers.selector import (
 )
 import voluptuous as vol
 
-from .proto.tasmota_releases import LANGUAGES, BuildChoice
-from .proto.tasmota_upgrade import check_ota_url
-from .proto.tasmota_upgrade_stages import UpgradeError
+from .flash_stack import async_load_upgrade_stack
 
 OPT_BUILD: Final = "build"
 OPT_LANGUAGE: Final = "language"
 OPT_CUSTOM_URL: Final = "custom_url"
 OPT_ALL_TASMOTA: Final = "all_tasmota_devices"
+DEFAULT_BUILD: Final = "tasmota"
+"""`tasmota_releases.BuildChoice.TASMOTA`: the full build."""
 DEFAULTS: Final[dict[str, Any]] = {
-    OPT_BUILD: BuildChoice.TASMOTA.value,
+    OPT_BUILD: DEFAULT_BUILD,
     OPT_LANGUAGE: "DE",
     OPT_CUSTOM_URL: "",
     OPT_ALL_TASMOTA: False,
@@ -45,7 +48,14 @@ def options_with_defaults(options: dict[str, Any] | Any) -> dict[str, Any]:
 
 
 def validate_options(values: dict[str, Any]) -> dict[str, str]:
-    """Form errors (field -> key); empty when the options can be used."""
+    """Form errors (field -> key); empty when the options can be used.
+
+    Needs the upgrade stack (`async_load_upgrade_stack`), as the form does.
+    """
+    from .proto.tasmota_releases import LANGUAGES, BuildChoice  # noqa: PLC0415 - loaded
+    from .proto.tasmota_upgrade import check_ota_url  # noqa: PLC0415
+    from .proto.tasmota_upgrade_stages import UpgradeError  # noqa: PLC0415
+
     choice = values.get(OPT_BUILD)
     if choice not in {item.value for item in BuildChoice}:
         return {OPT_BUILD: "unknown_build"}
@@ -67,6 +77,9 @@ class SonoffOtaOptionsFlow(OptionsFlow):
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Show or save the options."""
+        await async_load_upgrade_stack(self.hass)
+        from .proto.tasmota_releases import LANGUAGES, BuildChoice  # noqa: PLC0415 - loaded
+
         errors: dict[str, str] = {}
         current = options_with_defaults(self.config_entry.options)
         if user_input is not None:

@@ -5,7 +5,8 @@ say so, on every other device of HA's tasmota integration). It shows the running
 from `Status 2` (`14.4.1 (lite)`) and the newest release of the build the options
 choose; Install runs `tasmota_upgrade_run.async_run_upgrade` (Tasmota's own OTA over
 MQTT) with its stage and percentage. HA's tasmota integration shows releases but cannot
-install: this entity is the install.
+install: this entity is the install. Which devices get one, and when, is
+`tasmota_firmware_devices`; this module is imported with the upgrade stack.
 """
 
 from __future__ import annotations
@@ -15,28 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from homeassistant.components.update import UpdateEntity, UpdateEntityFeature
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
+from homeassistant.core import CALLBACK_TYPE, callback
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import device_registry as dr, entity_registry as er
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.device_registry import DeviceInfo
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
-from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from .const import DOMAIN
-from .known_devices import DEVICES_PER_ENTRY, get_devices, signal_devices_updated
-from .options_flow import OPT_ALL_TASMOTA, options_with_defaults
-from .proto.tasmota_discovery import (
-    InvalidMacError,
-    TasmotaDevice,
-    TasmotaDiscoveryError,
-    ha_mac,
-    parse_discovery,
-    tasmota_mac,
-)
+from .known_devices import DEVICES_PER_ENTRY
+from .proto.mac_address import ha_mac
+from .proto.tasmota_discovery import TasmotaDevice, TasmotaDiscoveryError, parse_discovery
 from .proto.tasmota_releases import RELEASES_PAGE, TasmotaRelease
 from .proto.tasmota_upgrade import TasmotaBuild, UpgradeTarget
 from .proto.tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeTracker
-from .tasmota_link import TASMOTA_DOMAIN
+from .tasmota_firmware_devices import ENTITY_KEY
 from .tasmota_upgrade_run import (
     UpgradeBusyError,
     UpgradeSettlingError,
@@ -59,86 +51,10 @@ _TASMOTA_NOTES = (
 )
 
 
-def eligible_tasmota_macs(hass: HomeAssistant, entry: ConfigEntry) -> set[str]:
-    """MACs (12 uppercase hex) of the HA Tasmota devices that get a "Tasmota firmware".
-
-    Those we flashed (their record carries the MAC) and, with the opt-in, all others.
-    Only devices HA's tasmota integration has registered count.
-    """
-    registry = dr.async_get(hass)
-    in_ha: set[str] = set()
-    for tasmota_entry in hass.config_entries.async_entries(TASMOTA_DOMAIN):
-        for device in dr.async_entries_for_config_entry(registry, tasmota_entry.entry_id):
-            for kind, value in device.connections:
-                if kind == dr.CONNECTION_NETWORK_MAC:
-                    try:
-                        in_ha.add(tasmota_mac(value))
-                    except InvalidMacError:
-                        continue
-    if options_with_defaults(entry.options)[OPT_ALL_TASMOTA]:
-        return in_ha
-    flashed: set[str] = set()
-    for record in get_devices(entry).values():
-        if record.flashed and record.mac:
-            try:
-                flashed.add(tasmota_mac(record.mac))
-            except InvalidMacError:
-                continue
-    return flashed & in_ha
-
-
-def _tasmota_name(hass: HomeAssistant, mac: str) -> str | None:
-    """The name of HA's Tasmota device with `mac`."""
-    registry = dr.async_get(hass)
-    connection = (dr.CONNECTION_NETWORK_MAC, ha_mac(mac))
-    for tasmota_entry in hass.config_entries.async_entries(TASMOTA_DOMAIN):
-        for device in dr.async_entries_for_config_entry(registry, tasmota_entry.entry_id):
-            if connection in device.connections:
-                return device.name_by_user or device.name
-    return None
-
-
-@callback
-def async_add_tasmota_entities(
-    hass: HomeAssistant, entry: ConfigEntry, async_add_entities: AddEntitiesCallback
-) -> None:
-    """Add a "Tasmota firmware" entity for each eligible device, now and as they come."""
-    added: set[str] = set()
-    eligible = eligible_tasmota_macs(hass, entry)
-    # Entities of devices that are no longer eligible (opt-in withdrawn) go.
-    registry = er.async_get(hass)
-    for entity in er.async_entries_for_config_entry(registry, entry.entry_id):
-        suffix = f"_{TasmotaFirmwareUpdate.key}"
-        if entity.unique_id.endswith(suffix) and entity.unique_id[: -len(suffix)] not in eligible:
-            registry.async_remove(entity.entity_id)
-
-    @callback
-    def _add_new(*_: Any) -> None:
-        new = sorted(eligible_tasmota_macs(hass, entry) - added)
-        added.update(new)
-        if new:
-            async_add_entities(
-                [TasmotaFirmwareUpdate(entry, mac, _tasmota_name(hass, mac)) for mac in new],
-                update_before_add=True,
-            )
-
-    _add_new()
-    entry.async_on_unload(
-        async_dispatcher_connect(hass, signal_devices_updated(entry.entry_id), _add_new)
-    )
-
-    @callback
-    def _on_device(event: Event[Any]) -> None:
-        if event.data.get("action") in {"create", "update"}:
-            _add_new()
-
-    entry.async_on_unload(hass.bus.async_listen(dr.EVENT_DEVICE_REGISTRY_UPDATED, _on_device))
-
-
 class TasmotaFirmwareUpdate(UpdateEntity):
     """Lite → full (or another build) with Tasmota's own OTA; see the module docstring."""
 
-    key = "tasmota_firmware"
+    key = ENTITY_KEY
     _attr_has_entity_name = True
     _attr_translation_key = "tasmota_firmware"
     _attr_should_poll = True  # only the newest-release lookup (SCAN_INTERVAL)

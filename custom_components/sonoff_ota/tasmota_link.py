@@ -27,14 +27,14 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr, issue_registry as ir
 
 from .const import DOMAIN
-from .proto.tasmota_discovery import DEFAULT_DISCOVERY_PREFIX, ha_mac
-from .proto.tasmota_mqtt_feed import SUBSCRIPTIONS, DiscoveryFeed, Publish
+from .proto.mac_address import ha_mac
 from .settings import get_settings
 
 if TYPE_CHECKING:
     from homeassistant.components.mqtt import ReceiveMessage
 
     from .proto.tasmota_handoff_types import DeviceMqttSettings
+    from .proto.tasmota_mqtt_feed import DiscoveryFeed, Publish
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -189,6 +189,9 @@ async def async_discovery_feed(hass: HomeAssistant) -> AsyncIterator[DiscoveryFe
     """
     from homeassistant.components import mqtt  # noqa: PLC0415
 
+    # Loaded: a hand-off or an upgrade asks, and their stacks import it.
+    from .proto.tasmota_mqtt_feed import SUBSCRIPTIONS, DiscoveryFeed  # noqa: PLC0415
+
     feed = DiscoveryFeed()
 
     @callback
@@ -272,6 +275,8 @@ async def async_ensure_tasmota_entry(hass: HomeAssistant) -> ConfigEntry:
     A "Discovered" tasmota flow that MQTT discovery may have started is aborted
     once the entry exists (it would only offer what we just created).
     """
+    from .proto.tasmota_discovery import DEFAULT_DISCOVERY_PREFIX  # noqa: PLC0415 - loaded: a hand-off asks
+
     existing = hass.config_entries.async_entries(TASMOTA_DOMAIN)
     if existing:
         return existing[0]

@@ -15,7 +15,7 @@ from homeassistant.helpers.entity_platform import AddEntitiesCallback
 from . import SonoffOtaConfigEntry
 from .device_entity import async_add_device_entities
 from .firmware_update import FirmwareUpdate
-from .tasmota_firmware_update import async_add_tasmota_entities
+from .tasmota_firmware_devices import async_add_tasmota_entities
 
 PARALLEL_UPDATES = 0
 SCAN_INTERVAL = timedelta(hours=6)
@@ -32,7 +32,7 @@ async def async_setup_entry(
     async_add_device_entities(
         hass, entry, async_add_entities, lambda record: [FirmwareUpdate(entry, flashes, record)]
     )
-    async_add_tasmota_entities(hass, entry, async_add_entities)
+    await async_add_tasmota_entities(hass, entry, async_add_entities)
     options_at_setup = dict(entry.options)
 
     async def _async_entry_updated(hass: HomeAssistant, entry: ConfigEntry) -> None:

@@ -7,20 +7,18 @@ from typing import Any
 
 import pytest
 
+from custom_components.sonoff_ota.proto.mac_address import InvalidMacError, ha_mac, tasmota_mac
 from custom_components.sonoff_ota.proto.tasmota_discovery import (
-    InvalidMacError,
     TasmotaDevice,
     TasmotaDiscoveryError,
     TasmotaRemoved,
     default_topic,
     discovery_topic,
-    ha_mac,
     is_tasmota_ap_ssid,
     parse_discovery,
     predicted_ap_ssid,
     predicted_ssid_prefix,
     ssid_matches_mac,
-    tasmota_mac,
 )
 
 MAC = "D8F15BAABBCC"

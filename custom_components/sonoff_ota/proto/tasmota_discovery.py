@@ -1,4 +1,4 @@
-"""Tasmota's own MQTT discovery message, MAC spellings and the Wi-Fi manager SSID.
+"""Tasmota's own MQTT discovery message and the Wi-Fi manager SSID (MACs: `mac_address`).
 
 Facts: shared/spec/diy-ota-and-tasmota.md §3.1 (AP name), §3.5 (topics and the
 `config` schema), §2 item 3 (eWeLink `staMac`) and §5 item 12 (matching by MAC).
@@ -11,13 +11,14 @@ import json
 import re
 from typing import Any
 
+from .mac_address import tasmota_mac
+
 DEFAULT_DISCOVERY_PREFIX = "tasmota/discovery"
 DEFAULT_FULL_TOPIC = "%prefix%/%topic%/"
 """Tasmota's FullTopic when discovery does not say otherwise."""
 # Same character class as hatasmota's topic regex (spec §3.5).
 _TOPIC_RE = re.compile(r"^(?P<prefix>.+)/(?P<mac>[A-Z0-9_-]+)/(?P<kind>config|sensors)$")
 AP_SSID_RE = re.compile(r"^tasmota[-_][0-9A-F]{6}-\d{4}$")
-_HEX12_RE = re.compile(r"^[0-9A-F]{12}$")
 # WIFI_HOSTNAME "%s-%04d" with ESP_getChipId() & 0x1FFF (checked against the two
 # SSIDs quoted in spec §3.1: 0x3D5E26 & 0x1FFF == 7718, 0x62E43F & 0x1FFF == 1087).
 _HOSTNAME_SUFFIX_MASK = 0x1FFF
@@ -30,24 +31,6 @@ class TasmotaDiscoveryError(ValueError):
         """Store the key next to the human message."""
         super().__init__(message)
         self.code = code
-
-
-class InvalidMacError(ValueError):
-    """Not a 48-bit MAC address in any usual spelling."""
-
-
-def tasmota_mac(mac: str) -> str:
-    """`d8:f1:5b:aa:bb:cc` / `D8-F1-5B-...` / `d8f1.5baa.bbcc` → `D8F15BAABBCC`."""
-    cleaned = re.sub(r"[:\-.\s]", "", mac).upper()
-    if not _HEX12_RE.match(cleaned):
-        raise InvalidMacError(f"not a MAC address: {mac!r}")
-    return cleaned
-
-
-def ha_mac(mac: str) -> str:
-    """The spelling of HA's `format_mac`: lowercase with colons (`d8:f1:5b:aa:bb:cc`)."""
-    hex12 = tasmota_mac(mac).lower()
-    return ":".join(hex12[i : i + 2] for i in range(0, 12, 2))
 
 
 def default_topic(mac: str) -> str:

@@ -36,15 +36,9 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from .flash_stages import FlashTracker, Stage
+from .mac_address import InvalidMacError, tasmota_mac
 from .tasmota_client import ExpectedSettings, TasmotaClient, TasmotaError, TasmotaErrorCode
-from .tasmota_discovery import (
-    InvalidMacError,
-    TasmotaDevice,
-    ap_ssid_pattern,
-    default_topic,
-    predicted_ap_ssid,
-    tasmota_mac,
-)
+from .tasmota_discovery import TasmotaDevice, ap_ssid_pattern, default_topic, predicted_ap_ssid
 from .tasmota_handoff_types import (
     DETAIL_CANDIDATES,
     DETAIL_CONFIGURED_BY,
