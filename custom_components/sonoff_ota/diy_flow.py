@@ -10,7 +10,6 @@ progress text says so (the phone link stays as the fallback).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import network
@@ -37,14 +36,17 @@ CONF_DEVICEID = "deviceid"
 CONF_FLASH_NOW = "flash_now"
 
 
-@dataclass(slots=True)
 class DiyState:
     """What the DIY path keeps between steps."""
 
-    target: DiyTarget | None = None
-    """The device found or entered; set before the Wi-Fi is asked, if it is asked."""
-    confirm_placeholders: dict[str, str] = field(default_factory=dict)
-    """The eligibility verdict the `diy_confirm` form shows."""
+    __slots__ = ("confirm_placeholders", "target")
+
+    def __init__(self) -> None:
+        """Nothing found yet."""
+        self.target: DiyTarget | None = None
+        """The device found or entered; set before the Wi-Fi is asked, if it is asked."""
+        self.confirm_placeholders: dict[str, str] = {}
+        """The eligibility verdict the `diy_confirm` form shows."""
 
 
 class DiyFlow(FirmwareFlow):

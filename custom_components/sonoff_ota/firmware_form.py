@@ -16,7 +16,7 @@ image) and the placeholders its text needs. The same keys exist under
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -96,19 +96,22 @@ def firmware_section() -> dict[Any, Any]:
     return {vol.Required(CONF_FIRMWARE, default={}): section(fields, {"collapsed": True})}
 
 
-@dataclass(slots=True)
 class FirmwareState:
     """One flow's firmware: the choice, what was typed, and what stops or delays the flash."""
 
-    choice: FirmwareChoice = field(default_factory=FirmwareChoice)
-    values: dict[str, Any] = field(default_factory=dict)
-    """What was typed, for the `firmware` step (never the upload: its id is gone once read)."""
-    checked: bool = False
-    """The chosen image was fetched and checked for this flash."""
-    error: tuple[str, dict[str, str]] | None = None
-    """The image cannot be used: the `firmware` step's error key and placeholders."""
-    notice: tuple[str, dict[str, str]] | None = None
-    """The image is not exactly the one asked for: the notice step and its placeholders."""
+    __slots__ = ("checked", "choice", "error", "notice", "values")
+
+    def __init__(self) -> None:
+        """The default firmware, nothing typed or checked yet."""
+        self.choice: FirmwareChoice = FirmwareChoice()
+        self.values: dict[str, Any] = {}
+        """What was typed, for the `firmware` step (never the upload: its id is gone once read)."""
+        self.checked: bool = False
+        """The chosen image was fetched and checked for this flash."""
+        self.error: tuple[str, dict[str, str]] | None = None
+        """The image cannot be used: the `firmware` step's error key and placeholders."""
+        self.notice: tuple[str, dict[str, str]] | None = None
+        """The image is not exactly the one asked for: the notice step and its placeholders."""
 
     def step_after_check(self) -> str | None:
         """The firmware step the flow shows before (or instead of) the flash, if any."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -54,34 +53,57 @@ _LOGGER = logging.getLogger(__name__)
 type FlashRun = SetupModeRun | DiyRun
 
 
-@dataclass(slots=True)
 class FlashState:
-    """One flash as the flow shows it (the run itself is `FlashFlow._run`)."""
+    """One flash as the flow shows it (the run itself is `FlashFlow._run`).
 
-    task: asyncio.Task[None] | None = None
-    """The progress task: prepare, run (or resume) the stages, hand off."""
-    resume_stage: Stage | None = None
-    """The stage that timed out; "try again" resumes there."""
-    error: tuple[str, dict[str, str]] | None = None
-    """Why the flash stopped: the abort reason and its placeholders."""
-    remove_listener: Callable[[], None] | None = None
-    handoff: HandoffRun | None = None
-    outcome: HandoffOutcome | None = None
-    candidates: tuple[TasmotaDevice, ...] = ()
-    """New Tasmota devices that appeared at once, when no MAC tells which is ours."""
-    finished: bool = False
-    finish_placeholders: dict[str, str] = field(default_factory=dict)
-    finishing: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Held while the finish step closes the flash: a second fetch of the step (the
-    frontend may fetch it twice at once) waits for the placeholders instead of racing."""
+    Like every flow state holder (`DiyState`, `FirmwareState`, `SetupModeState`,
+    `UpgradeState`, `FlowTexts`), a plain class, not a dataclass: nothing compares
+    or prints flow state, and a dataclass's generated methods would cost HA's
+    start-up about a millisecond each.
+    """
+
+    __slots__ = (
+        "candidates",
+        "error",
+        "finish_placeholders",
+        "finished",
+        "finishing",
+        "handoff",
+        "outcome",
+        "remove_listener",
+        "resume_stage",
+        "task",
+    )
+
+    def __init__(self) -> None:
+        """No flash yet."""
+        self.task: asyncio.Task[None] | None = None
+        """The progress task: prepare, run (or resume) the stages, hand off."""
+        self.resume_stage: Stage | None = None
+        """The stage that timed out; "try again" resumes there."""
+        self.error: tuple[str, dict[str, str]] | None = None
+        """Why the flash stopped: the abort reason and its placeholders."""
+        self.remove_listener: Callable[[], None] | None = None
+        self.handoff: HandoffRun | None = None
+        self.outcome: HandoffOutcome | None = None
+        self.candidates: tuple[TasmotaDevice, ...] = ()
+        """New Tasmota devices that appeared at once, when no MAC tells which is ours."""
+        self.finished: bool = False
+        self.finish_placeholders: dict[str, str] = {}
+        self.finishing: asyncio.Lock = asyncio.Lock()
+        """Held while the finish step closes the flash: a second fetch of the step (the
+        frontend may fetch it twice at once) waits for the placeholders instead of racing."""
 
 
-@dataclass(slots=True)
 class FlowTexts:
     """Our strings in HA's language, for sentences the flow builds at run time."""
 
-    selector: dict[str, str] = field(default_factory=dict)
-    """`selector.*`: the Wi-Fi plan, the hop's status, the eligibility sentences."""
+    __slots__ = ("selector",)
+
+    def __init__(self) -> None:
+        """Not read yet."""
+        self.selector: dict[str, str] = {}
+        """`selector.*`: the Wi-Fi plan, the hop's status, the eligibility sentences."""
 
 
 class FlashFlow(ConfigFlow):

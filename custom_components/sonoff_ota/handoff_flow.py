@@ -16,7 +16,6 @@ ends as before: on the first run the entry that keeps the home Wi-Fi is created.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -51,19 +50,31 @@ ACTION_RETRY = "retry"
 ACTION_SKIP = "skip"
 
 
-@dataclass(slots=True)
 class UpgradeState:
     """The flow's lite → full upgrade (the upgrade itself is `async_run_upgrade`)."""
 
-    build: TargetBuild | None = None
-    tracker: UpgradeTracker | None = None
-    task: asyncio.Task[None] | None = None
-    """The progress task; it waits (shielded) for the upgrade, which outlives the flow."""
-    wait_task: asyncio.Task[None] | None = None
-    result: UpgradeResult | None = None
-    error: tuple[str, dict[str, str]] | None = None
-    remove_listener: Any = None
-    texts: dict[str, str] = field(default_factory=dict)
+    __slots__ = (
+        "build",
+        "error",
+        "remove_listener",
+        "result",
+        "task",
+        "texts",
+        "tracker",
+        "wait_task",
+    )
+
+    def __init__(self) -> None:
+        """No upgrade yet."""
+        self.build: TargetBuild | None = None
+        self.tracker: UpgradeTracker | None = None
+        self.task: asyncio.Task[None] | None = None
+        """The progress task; it waits (shielded) for the upgrade, which outlives the flow."""
+        self.wait_task: asyncio.Task[None] | None = None
+        self.result: UpgradeResult | None = None
+        self.error: tuple[str, dict[str, str]] | None = None
+        self.remove_listener: Any = None
+        self.texts: dict[str, str] = {}
 
 
 class HandoffFlow(FlashFlow):

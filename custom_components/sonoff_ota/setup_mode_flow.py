@@ -15,7 +15,6 @@ the images already fetched; a device that fails is noted and the next one goes o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
@@ -71,21 +70,24 @@ class _Unknown(dict[str, str]):
         return "?"
 
 
-@dataclass(slots=True)
 class SetupModeState:
     """What the setup-mode path keeps between steps."""
 
-    config_texts: dict[str, str] = field(default_factory=dict)
-    """Our `config.*` strings in HA's language: a stage's text inside "device n of N", and
-    a failed device's reason in the summary."""
-    found: tuple[str, ...] = ()
-    """The `ITEAD-…` networks in range when the scan saw several (the list offered)."""
-    callback_host: str = ""
-    """The address the user chose on the form (every device of the list calls it back)."""
-    images: tuple[StoredImage, StoredImage, StoredImage] | None = None
-    """The images that run fetched and checked: every device of the list gets these."""
-    many: ManyDevices | None = None
-    """The devices chosen from that list, once the user chose."""
+    __slots__ = ("callback_host", "config_texts", "found", "images", "many")
+
+    def __init__(self) -> None:
+        """Nothing scanned or chosen yet."""
+        self.config_texts: dict[str, str] = {}
+        """Our `config.*` strings in HA's language: a stage's text inside "device n of N", and
+        a failed device's reason in the summary."""
+        self.found: tuple[str, ...] = ()
+        """The `ITEAD-…` networks in range when the scan saw several (the list offered)."""
+        self.callback_host: str = ""
+        """The address the user chose on the form (every device of the list calls it back)."""
+        self.images: tuple[StoredImage, StoredImage, StoredImage] | None = None
+        """The images that run fetched and checked: every device of the list gets these."""
+        self.many: ManyDevices | None = None
+        """The devices chosen from that list, once the user chose."""
 
 
 class SetupModeFlow(FirmwareFlow):
