@@ -14,3 +14,6 @@ CONF_WIFI_PASSWORD: Final = "wifi_password"
 
 PATH_SETUP_MODE: Final = "setup_mode"
 PATH_DIY: Final = "diy"
+
+TASMOTA_FIRMWARE_KEY: Final = "tasmota_firmware"
+"""The "Tasmota firmware" entity's key: its unique id is `<MAC>_tasmota_firmware`."""

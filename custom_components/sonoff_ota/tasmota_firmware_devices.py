@@ -9,7 +9,7 @@ never loads them.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import Event, HomeAssistant, callback
@@ -17,15 +17,12 @@ from homeassistant.helpers import device_registry as dr, entity_registry as er
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
-from .const import DOMAIN
+from .const import DOMAIN, TASMOTA_FIRMWARE_KEY
 from .flash_stack import async_load_upgrade_stack
 from .known_devices import get_devices, signal_devices_updated
 from .options_flow import OPT_ALL_TASMOTA, options_with_defaults
 from .proto.mac_address import InvalidMacError, ha_mac, tasmota_mac
 from .tasmota_link import TASMOTA_DOMAIN
-
-ENTITY_KEY: Final = "tasmota_firmware"
-"""The entity's key: its unique id is `<MAC>_tasmota_firmware`."""
 
 
 def eligible_tasmota_macs(hass: HomeAssistant, entry: ConfigEntry) -> set[str]:
@@ -75,7 +72,7 @@ async def async_add_tasmota_entities(
     eligible = eligible_tasmota_macs(hass, entry)
     # Entities of devices that are no longer eligible (opt-in withdrawn) go.
     registry = er.async_get(hass)
-    suffix = f"_{ENTITY_KEY}"
+    suffix = f"_{TASMOTA_FIRMWARE_KEY}"
     for entity in er.async_entries_for_config_entry(registry, entry.entry_id):
         if entity.unique_id.endswith(suffix) and entity.unique_id[: -len(suffix)] not in eligible:
             registry.async_remove(entity.entity_id)

@@ -21,14 +21,13 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.device_registry import DeviceInfo
 
-from .const import DOMAIN
+from .const import DOMAIN, TASMOTA_FIRMWARE_KEY
 from .known_devices import DEVICES_PER_ENTRY
 from .proto.mac_address import ha_mac
 from .proto.tasmota_discovery import TasmotaDevice, TasmotaDiscoveryError, parse_discovery
 from .proto.tasmota_releases import RELEASES_PAGE, TasmotaRelease
 from .proto.tasmota_upgrade import TasmotaBuild, UpgradeTarget
 from .proto.tasmota_upgrade_stages import UpgradeError, UpgradeErrorCode, UpgradeTracker
-from .tasmota_firmware_devices import ENTITY_KEY
 from .tasmota_upgrade_run import (
     UpgradeBusyError,
     UpgradeSettlingError,
@@ -54,7 +53,7 @@ _TASMOTA_NOTES = (
 class TasmotaFirmwareUpdate(UpdateEntity):
     """Lite → full (or another build) with Tasmota's own OTA; see the module docstring."""
 
-    key = ENTITY_KEY
+    key = TASMOTA_FIRMWARE_KEY
     _attr_has_entity_name = True
     _attr_translation_key = "tasmota_firmware"
     _attr_should_poll = True  # only the newest-release lookup (SCAN_INTERVAL)
