@@ -59,6 +59,10 @@ ONLY_UPGRADING: tuple[str, ...] = (
 loaded when a "Tasmota firmware" entity or a release is first needed (none at start-up
 without devices)."""
 
+ONLY_WITH_DEVICES: tuple[str, ...] = ("proto.eligibility",)
+"""Loaded at set-up only when the entry knows a device (`known_devices.async_load_eligibility`),
+or with the flash stack."""
+
 _LOADED = """
 import importlib, json, sys
 for group in sys.argv[1:]:
@@ -90,42 +94,59 @@ def test_start_up_imports_no_flash_module() -> None:
 
 def test_start_up_imports_no_upgrade_module() -> None:
     loaded = loaded_after(HA_MODULES, OUR_MODULES)
-    leaked = sorted({f"{PACKAGE}.{name}" for name in ONLY_UPGRADING} & loaded)
-    assert not leaked, "imported at start-up, though only upgrades use them: " + ", ".join(leaked)
+    leaked = sorted(
+        {f"{PACKAGE}.{name}" for name in (*ONLY_UPGRADING, *ONLY_WITH_DEVICES)} & loaded
+    )
+    assert not leaked, "imported at start-up without devices: " + ", ".join(leaked)
 
 
-_AFTER_FLASH_STACK = """
+_IN_HA = """
 import asyncio, json, sys, tempfile
+from types import SimpleNamespace
 from homeassistant.core import HomeAssistant
 from custom_components.sonoff_ota.flash_stack import async_load_flash_stack
+from custom_components.sonoff_ota.known_devices import async_load_eligibility
 
-async def main():
+async def main(what):
     with tempfile.TemporaryDirectory() as config_dir:
         hass = HomeAssistant(config_dir)
-        await async_load_flash_stack(hass)
+        if what == "flash_stack":
+            await async_load_flash_stack(hass)
+        else:
+            devices = {"1000abcdef": {"path": "diy"}} if what == "entry_with_device" else {}
+            await async_load_eligibility(hass, SimpleNamespace(data={"devices": devices}))
         hass.import_executor.shutdown()
-asyncio.run(main())
+asyncio.run(main(sys.argv[1]))
 print(json.dumps(sorted(sys.modules)))
 """
 
 
-def test_flash_stack_brings_the_upgrade_stack() -> None:
-    """A flash's flow ends on the upgrade offer: `async_load_flash_stack` loads both.
-
-    In a fresh interpreter with a real (not started) `HomeAssistant` and its import
-    executor.
-    """
+def loaded_in_ha(what: str) -> set[str]:
+    """`sys.modules` of a fresh interpreter after one of our loaders ran in a real
+    (not started) `HomeAssistant` with its import executor."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and code
-        [sys.executable, "-c", _AFTER_FLASH_STACK],
+        [sys.executable, "-c", _IN_HA, what],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
         timeout=120,
     )
-    loaded = set(json.loads(done.stdout.splitlines()[-1]))
-    wanted = {f"{PACKAGE}.{name}" for name in (*FLASH_MODULES, *ONLY_UPGRADING)}
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_flash_stack_brings_the_upgrade_stack() -> None:
+    """A flash's flow ends on the upgrade offer: `async_load_flash_stack` loads both
+    (and the eligibility table, which the flows' records ask)."""
+    loaded = loaded_in_ha("flash_stack")
+    wanted = {f"{PACKAGE}.{name}" for name in (*FLASH_MODULES, *ONLY_UPGRADING, *ONLY_WITH_DEVICES)}
     assert not wanted - loaded, sorted(wanted - loaded)
+
+
+def test_eligibility_loads_with_the_first_device() -> None:
+    eligibility = f"{PACKAGE}.proto.eligibility"
+    assert eligibility not in loaded_in_ha("entry_without_devices")
+    assert eligibility in loaded_in_ha("entry_with_device")
 
 
 def _local_imports(path: Path, module: str) -> Iterator[tuple[int, str]]:

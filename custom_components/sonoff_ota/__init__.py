@@ -18,7 +18,11 @@ from .device_flashes import DeviceFlashes
 from .flash_journal import async_get_journal
 from .flash_stack import async_load_flash_stack
 from .issues import async_track_mqtt
-from .known_devices import async_adopt_pending_devices, signal_devices_updated
+from .known_devices import (
+    async_adopt_pending_devices,
+    async_load_eligibility,
+    signal_devices_updated,
+)
 from .services import async_setup_services
 from .settings import SETTINGS_KEY, SETTINGS_SCHEMA, settings_from_config
 
@@ -78,6 +82,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: SonoffOtaConfigEntry) ->
         async_sync_ha_devices(hass, entry)
 
     async_adopt_pending_devices(hass, entry)
+    await async_load_eligibility(hass, entry)
     _sync_devices()
     entry.async_on_unload(
         async_dispatcher_connect(hass, signal_devices_updated(entry.entry_id), _sync_devices)

@@ -48,7 +48,6 @@ from .firmware_form import firmware_error_message
 from .flash_stack import async_load_flash_stack
 from .issues import async_update_port_issue
 from .known_devices import DeviceRecord, async_mark_flashed, get_device, get_devices
-from .proto.eligibility import ELIGIBILITY_SELECTOR
 from .proto.firmware_choice import FirmwareChoice
 from .proto.flash_batch import run_isolated
 from .proto.flash_stages import FlashTracker
@@ -401,6 +400,9 @@ def _summary_line(texts: Mapping[str, str], result: BatchResult) -> str:
         case BatchOutcome.BUSY:
             return _render(texts, f"{base}.busy", values)
         case BatchOutcome.NOT_ELIGIBLE:
+            # Loaded: a refusal comes from `DeviceRecord.eligibility`, which loaded it.
+            from .proto.eligibility import ELIGIBILITY_SELECTOR  # noqa: PLC0415
+
             key = f"selector.{ELIGIBILITY_SELECTOR}.options.{result.key}"
         case _:
             values["message"] = _render(

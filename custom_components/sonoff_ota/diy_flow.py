@@ -25,7 +25,6 @@ from .firmware_form import CONF_FIRMWARE, firmware_section
 from .flash_flow import FlashRun
 from .flash_stack import async_load_flash_stack
 from .known_devices import CONF_DEVICES, async_remember_run
-from .proto.eligibility import ELIGIBILITY_SELECTOR
 from .proto.flash_stages import Stage
 from .settings import get_settings
 
@@ -137,6 +136,8 @@ class DiyFlow(FirmwareFlow):
 
     async def _async_eligibility_warning(self, details: dict[str, str]) -> str:
         """Why the flash may not work, in HA's language: the eligibility row's sentence."""
+        from .proto.eligibility import ELIGIBILITY_SELECTOR  # noqa: PLC0415 - the flash stack's
+
         if not details.get("warnings"):
             return ""
         await self._async_selector_texts()

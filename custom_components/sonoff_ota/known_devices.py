@@ -27,14 +27,15 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.dispatcher import async_dispatcher_send
+from homeassistant.helpers.importlib import async_import_module
 from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN, PATH_DIY, PATH_SETUP_MODE
-from .proto.eligibility import Decision, check_record
 from .proto.json_fields import opt_str
 
 if TYPE_CHECKING:
     from .diy_run import DiyRun
+    from .proto.eligibility import Decision
     from .setup_mode_run import SetupModeRun
 
 _LOGGER = logging.getLogger(__name__)
@@ -74,7 +75,13 @@ class DeviceRecord:
 
     @property
     def eligibility(self) -> Decision:
-        """What the eligibility table says about this device, from what the record holds."""
+        """What the eligibility table says about this device, from what the record holds.
+
+        Loaded: a record comes from the entry (`async_load_eligibility` at set-up) or
+        from a flow's flash (the flash stack imports the table).
+        """
+        from .proto.eligibility import check_record  # noqa: PLC0415
+
         return check_record(
             self.path,
             device_type=self.device_type,
@@ -257,6 +264,16 @@ def record_from_run(run: DiyRun | SetupModeRun) -> DeviceRecord | None:
 
 
 @callback
+async def async_load_eligibility(hass: HomeAssistant, entry: ConfigEntry) -> None:
+    """The eligibility table, in HA's executor, once the entry knows a device.
+
+    Its entities ask every record (`DeviceRecord.eligibility`); an entry without
+    devices never loads the table until a flow flashes one (the flash stack has it).
+    """
+    if get_devices(entry):
+        await async_import_module(hass, f"{__package__}.proto.eligibility")
+
+
 def async_adopt_pending_devices(hass: HomeAssistant, entry: ConfigEntry) -> None:
     """Move the records met before the entry existed into it (at entry setup)."""
     pending = hass.data.pop(_PENDING_KEY, {})

@@ -52,7 +52,8 @@ DIY mode (eWeLink 3.x)
 Handing the flashed device to Home Assistant's Tasmota integration
 - tasmota_settings: what a fresh Tasmota is told: Wi-Fi, MQTT, names, hardware (pure).
 - tasmota_client: client for Tasmota's HTTP command API (`GET /cm?cmnd=...`).
-- tasmota_discovery: Tasmota's MQTT discovery message, MAC spellings, the Wi-Fi manager SSID.
+- mac_address: MAC spellings, Tasmota's (`D8F15BAABBCC`) and HA's (`d8:f1:5b:aa:bb:cc`).
+- tasmota_discovery: Tasmota's MQTT discovery message and the Wi-Fi manager SSID.
 - tasmota_handoff_types: what the hand-off is given and gives back (settings, result, errors).
 - tasmota_mqtt_feed: the hand-off's MQTT side (subscriptions, `DiscoveryFeed`, what it told).
 - tasmota_handoff: from Tasmota's first boot to its MQTT discovery, both paths' last step.
