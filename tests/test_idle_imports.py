@@ -72,10 +72,10 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-def loaded_after(*groups: tuple[str, ...]) -> set[str]:
-    """`sys.modules` of a fresh interpreter once it imported `groups`, one after another."""
+def _modules_after(script: str, *args: str) -> set[str]:
+    """`sys.modules` a fresh interpreter prints (as JSON) once `script` ran with `args`."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and code
-        [sys.executable, "-c", _LOADED, *(",".join(group) for group in groups)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         check=True,
@@ -83,6 +83,11 @@ def loaded_after(*groups: tuple[str, ...]) -> set[str]:
         timeout=120,
     )
     return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def loaded_after(*groups: tuple[str, ...]) -> set[str]:
+    """`sys.modules` of a fresh interpreter once it imported `groups`, one after another."""
+    return _modules_after(_LOADED, *(",".join(group) for group in groups))
 
 
 def test_start_up_imports_no_flash_module() -> None:
@@ -124,15 +129,7 @@ print(json.dumps(sorted(sys.modules)))
 def loaded_in_ha(what: str) -> set[str]:
     """`sys.modules` of a fresh interpreter after one of our loaders ran in a real
     (not started) `HomeAssistant` with its import executor."""
-    done = subprocess.run(  # noqa: S603 - our own interpreter and code
-        [sys.executable, "-c", _IN_HA, what],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    return set(json.loads(done.stdout.splitlines()[-1]))
+    return _modules_after(_IN_HA, what)
 
 
 def test_flash_stack_brings_the_upgrade_stack() -> None:
