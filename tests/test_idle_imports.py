@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 from bench.leaks import HA_MODULES, LATER_MODULES, OUR_MODULES
-from custom_components.sonoff_ota.flash_stack import FLASH_MODULES, UPGRADE_MODULES
+from custom_components.sonoff_ota.flash_stack import DEVICE_MODULES, FLASH_MODULES, UPGRADE_MODULES
 
 PACKAGE = "custom_components.sonoff_ota"
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ ONLY_UPGRADING: tuple[str, ...] = (
 loaded when a "Tasmota firmware" entity or a release is first needed (none at start-up
 without devices)."""
 
-ONLY_WITH_DEVICES: tuple[str, ...] = ("proto.eligibility",)
+ONLY_WITH_DEVICES = DEVICE_MODULES
 """Loaded at set-up only when the entry knows a device (`known_devices.async_load_eligibility`),
 or with the flash stack."""
 

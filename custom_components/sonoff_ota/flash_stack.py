@@ -29,15 +29,28 @@ release lookup and the build choice they import: loaded the first time a "Tasmot
 firmware" entity is added, a "Firmware" entity looks the newest release up, the options
 form opens, diagnostics are downloaded, or a flash runs (its flow ends on the upgrade)."""
 
+DEVICE_MODULES: tuple[str, ...] = ("proto.eligibility",)
+"""The eligibility table every known device's entities ask: loaded at the set-up of an
+entry that knows a device (`known_devices.async_load_eligibility`); the flash stack
+imports it too."""
+
 
 async def async_load_flash_stack(hass: HomeAssistant) -> None:
     """Import `FLASH_MODULES`, then the upgrade stack, in HA's executor (at once when loaded)."""
-    for name in FLASH_MODULES:
-        await async_import_module(hass, f"{__package__}.{name}")
+    await _async_import(hass, FLASH_MODULES)
     await async_load_upgrade_stack(hass)
 
 
 async def async_load_upgrade_stack(hass: HomeAssistant) -> None:
     """Import `UPGRADE_MODULES` in HA's executor (at once when they are loaded already)."""
-    for name in UPGRADE_MODULES:
+    await _async_import(hass, UPGRADE_MODULES)
+
+
+async def async_load_device_modules(hass: HomeAssistant) -> None:
+    """Import `DEVICE_MODULES` in HA's executor (at once when they are loaded already)."""
+    await _async_import(hass, DEVICE_MODULES)
+
+
+async def _async_import(hass: HomeAssistant, names: tuple[str, ...]) -> None:
+    for name in names:
         await async_import_module(hass, f"{__package__}.{name}")

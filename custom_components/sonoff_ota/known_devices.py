@@ -27,10 +27,10 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.dispatcher import async_dispatcher_send
-from homeassistant.helpers.importlib import async_import_module
 from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN, PATH_DIY, PATH_SETUP_MODE
+from .flash_stack import async_load_device_modules
 from .proto.json_fields import opt_str
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ async def async_load_eligibility(hass: HomeAssistant, entry: ConfigEntry) -> Non
     devices never loads the table until a flow flashes one (the flash stack has it).
     """
     if get_devices(entry):
-        await async_import_module(hass, f"{__package__}.proto.eligibility")
+        await async_load_device_modules(hass)
 
 
 def async_adopt_pending_devices(hass: HomeAssistant, entry: ConfigEntry) -> None:
