@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 import errno
 import logging
 import os
@@ -221,8 +221,8 @@ async def test_stalled_download_in_the_flow_says_so_then_another_image_flashes(
 ) -> None:
     async with diy_device(hass) as (device, firmware), stalling_server() as stall:
         settings = get_settings(hass)
-        hass.data[SETTINGS_KEY] = replace(
-            settings, timeouts=replace(settings.timeouts, download_stall=0.3)
+        hass.data[SETTINGS_KEY] = settings._replace(
+            timeouts=settings.timeouts._replace(download_stall=0.3)
         )
         result = await discover(hass, device)
         flow_id = result["flow_id"]

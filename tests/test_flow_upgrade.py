@@ -9,7 +9,6 @@ real (the harness's loopback ports stand for the device's access points).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import math
 from typing import Any
 
@@ -217,9 +216,8 @@ async def test_a_retry_after_a_timeout_waits_until_the_device_is_back(
         await answer(hass, flow_id, {})
         await finish_form(hass, flow_id)
         settings = get_settings(hass)
-        hass.data[SETTINGS_KEY] = replace(
-            settings,
-            timeouts=replace(settings.timeouts, tasmota_upgrade=1.5, tasmota_upgrade_cooldown=600),
+        hass.data[SETTINGS_KEY] = settings._replace(
+            timeouts=settings.timeouts._replace(tasmota_upgrade=1.5, tasmota_upgrade_cooldown=600),
         )
         gate = firmware.server.gate = asyncio.Event()
         failed = await run_upgrade(hass, flow_id, {})

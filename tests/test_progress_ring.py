@@ -8,7 +8,6 @@ Only the Wi-Fi radio is not real (the harness's loopback ports stand for it).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from homeassistant.core import HomeAssistant
@@ -57,8 +56,8 @@ async def test_a_dialog_opened_while_the_number_stands_still_shows_it(
     with held_download(monkeypatch) as release:
         async with setup_device(hass, faults=Faults({Fault.STALL})) as (device, _firmware, _):
             settings = get_settings(hass)  # the stall must not time out while the test looks
-            timeouts = replace(settings.timeouts, upgrade=120)
-            hass.data[SETTINGS_KEY] = replace(settings, timeouts=timeouts)
+            timeouts = settings.timeouts._replace(upgrade=120)
+            hass.data[SETTINGS_KEY] = settings._replace(timeouts=timeouts)
             flow_id = (await start_setup_mode_flash(hass))["flow_id"]
             await wait_until(lambda: "download_stalled" in device.event_kinds(), within=15)
             # (Not `async_block_till_done`: it would wait for the flash, which waits.)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 import json
 from typing import Any
 
@@ -345,9 +345,8 @@ async def test_install_is_refused_while_a_timed_out_download_may_run_and_diagnos
     async with rig(hass, broker, files={"tasmota.bin.gz": SMALL_FULL}) as setup:
         await shown(hass, "14.4.1 (lite)")
         settings = hass.data[SETTINGS_KEY]
-        hass.data[SETTINGS_KEY] = replace(
-            settings,
-            timeouts=replace(settings.timeouts, tasmota_upgrade=1.5, tasmota_upgrade_cooldown=600),
+        hass.data[SETTINGS_KEY] = settings._replace(
+            timeouts=settings.timeouts._replace(tasmota_upgrade=1.5, tasmota_upgrade_cooldown=600),
         )
         gate = setup.files.gate = asyncio.Event()
         with pytest.raises(HomeAssistantError) as caught:

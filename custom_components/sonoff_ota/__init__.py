@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from homeassistant.config_entries import ConfigEntry
@@ -34,12 +33,15 @@ PLATFORMS = [Platform.BUTTON, Platform.SENSOR, Platform.UPDATE]
 CONFIG_SCHEMA = vol.Schema({vol.Optional(DOMAIN): SETTINGS_SCHEMA}, extra=vol.ALLOW_EXTRA)
 
 
-@dataclass
 class SonoffOtaData:
-    """Runtime data of a config entry."""
+    """Runtime data of a config entry (a plain class: see ARCHITECTURE.md, "What loads when")."""
 
-    flashes: DeviceFlashes
-    """Dashboard flashes and the latest tracker of each device."""
+    __slots__ = ("flashes",)
+
+    def __init__(self, flashes: DeviceFlashes) -> None:
+        """Hold the entry's dashboard flashes."""
+        self.flashes = flashes
+        """Dashboard flashes and the latest tracker of each device."""
 
 
 type SonoffOtaConfigEntry = ConfigEntry[SonoffOtaData]

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 import enum
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from homeassistant.components import network, persistent_notification
 from homeassistant.config_entries import ConfigEntry
@@ -82,14 +82,13 @@ class BatchOutcome(enum.StrEnum):
     """Left alone, it is being flashed already (or was named twice)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
+class BatchResult(NamedTuple):
     """One device of a batch."""
 
     deviceid: str
     outcome: BatchOutcome
     key: str = ""
-    placeholders: dict[str, str] = field(default_factory=dict)
+    placeholders: Mapping[str, str] = MappingProxyType({})
     tasmota_device: str | None = None
     domain: str = DOMAIN
     """The integration whose `exceptions.<key>` names the failure (HA's MQTT, for example)."""

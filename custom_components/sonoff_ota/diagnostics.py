@@ -11,7 +11,6 @@ so that a secret quoted inside some text does not slip through either.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -185,7 +184,7 @@ def _settings(hass: HomeAssistant) -> dict[str, Any]:
         "firmware_pins": {
             key: value for key, value in settings.firmware.items() if key.endswith("sha256")
         },
-        "timeouts": asdict(settings.timeouts),
+        "timeouts": settings.timeouts._asdict(),
     }
 
 

@@ -16,9 +16,8 @@ image) and the placeholders its text needs. The same keys exist under
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from homeassistant.components.file_upload import process_uploaded_file
 from homeassistant.core import HomeAssistant
@@ -122,8 +121,7 @@ class FirmwareState:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class ChoiceResult:
+class ChoiceResult(NamedTuple):
     """A parsed choice, or the form error (key and placeholders) that stops it."""
 
     choice: FirmwareChoice | None

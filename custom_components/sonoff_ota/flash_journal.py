@@ -9,7 +9,7 @@ device is where (see `flash_recovery`).
 One record per running flash, in `.storage/sonoff_ota.flash_journal`:
 device id, path, stage, the images (name, size, sha256, source URL, cache
 path) and what was served of each. Never a secret: no Wi-Fi password, no
-apikey, no served-set token (the dataclass below is the whole record).
+apikey, no served-set token (the `JournalRecord` below is the whole record).
 
 Writes go through `Store.async_delay_save` and only on a change that matters
 (a stage, the device, a file fully served, the upgrade accepted), so a
@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import uuid
 
 from homeassistant.core import HomeAssistant, callback
@@ -38,10 +38,8 @@ from .proto.flash_stages import END_STAGES, FlashPath, FlashTracker, Stage
 from .proto.image_names import DIY_NAME, FINAL_NAME, USER1_NAME, USER2_NAME
 
 if TYPE_CHECKING:
-    from .proto.image_server import ServedSet
-
-if TYPE_CHECKING:
     from .proto.firmware_cache import StoredImage
+    from .proto.image_server import ServedSet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,8 +51,9 @@ JOURNAL_KEY: Final[HassKey[FlashJournal]] = HassKey(f"{DOMAIN}_flash_journal")
 _LOCK_KEY: Final[HassKey[asyncio.Lock]] = HassKey(f"{DOMAIN}_flash_journal_lock")
 
 
-@dataclass(frozen=True, slots=True)
-class JournalImage:
+# NamedTuples, not dataclasses: HA imports this module with the integration, and a
+# dataclass costs about a millisecond to create (ARCHITECTURE.md, "What loads when").
+class JournalImage(NamedTuple):
     """One image of a flash: enough to find and check the same bytes again."""
 
     name: str
@@ -94,8 +93,7 @@ class JournalImage:
         )
 
 
-@dataclass(slots=True)
-class JournalRecord:
+class JournalRecord(NamedTuple):
     """One running flash (see the module docstring). Holds no secret."""
 
     flash_id: str
@@ -110,10 +108,10 @@ class JournalRecord:
     host: str | None = None
     """The DIY device's address (setup-mode devices have none we can reach)."""
     port: int | None = None
-    images: dict[str, JournalImage] = field(default_factory=dict)
-    served: dict[str, int] = field(default_factory=dict)
+    images: Mapping[str, JournalImage] = MappingProxyType({})
+    served: Mapping[str, int] = MappingProxyType({})
     """Served name -> highest byte offset written to the device."""
-    complete: list[str] = field(default_factory=list)
+    complete: tuple[str, ...] = ()
     """Served names the device fetched to the last byte at least once."""
     upgrade_accepted: bool = False
     """Setup mode: the device acked the upgrade (it verified the intermediate image)."""
@@ -134,9 +132,12 @@ class JournalRecord:
 
     def as_data(self) -> dict[str, Any]:
         """The stored (JSON) form."""
-        data = asdict(self)
+        data = self._asdict()
         data["path"] = str(self.path)
         data["stage"] = str(self.stage)
+        data["images"] = {name: image._asdict() for name, image in self.images.items()}
+        data["served"] = dict(self.served)
+        data["complete"] = list(self.complete)
         return data
 
     @classmethod
@@ -167,9 +168,9 @@ class JournalRecord:
         )
         raw_complete = data.get("complete")
         complete = (
-            [str(n) for n in raw_complete if isinstance(n, str)]
+            tuple(str(n) for n in raw_complete if isinstance(n, str))
             if isinstance(raw_complete, list)
-            else []
+            else ()
         )
         port = data.get("port")
 
@@ -256,7 +257,7 @@ class FlashJournal:
         record = self.records.get(flash_id)
         if record is None:
             return
-        self.records[flash_id] = replace(record, updated_at=time.time(), **changes)
+        self.records[flash_id] = record._replace(updated_at=time.time(), **changes)
         if save:
             self._save()
 
@@ -352,7 +353,7 @@ class RunJournal:
                 whole = progress.size and progress.high_water >= progress.size
                 if progress.complete_fetches or whole:
                     complete.add(name)
-        changes["served"], changes["complete"] = served_now, sorted(complete)
+        changes["served"], changes["complete"] = served_now, tuple(sorted(complete))
         matters = any(
             changes[key] != getattr(record, key)
             for key in ("stage", "deviceid", "model", "upgrade_accepted", "complete")

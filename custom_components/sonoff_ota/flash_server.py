@@ -109,7 +109,7 @@ class FlashServer:
         """The firmware store (HA's shared session, cache in the config dir)."""
         if self._firmware is None:
             overrides: dict[str, Any] = dict(self.settings.firmware)
-            sources = replace(FirmwareSources(), **overrides)
+            sources = FirmwareSources()._replace(**overrides)
             timeouts = self.settings.timeouts
             self._firmware = FirmwareStore(
                 Path(self.hass.config.path(DOMAIN, "firmware")),

@@ -19,9 +19,8 @@ from HA 2026.x devices are per config entry and ours is simply removed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
 import logging
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
@@ -54,8 +53,9 @@ def signal_devices_updated(entry_id: str) -> str:
     return f"{DOMAIN}_devices_updated_{entry_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRecord:
+# A NamedTuple, not a dataclass: HA imports this module with the integration, and a
+# dataclass costs about a millisecond to create (ARCHITECTURE.md, "What loads when").
+class DeviceRecord(NamedTuple):
     """One known device (see the module docstring). Holds no secret."""
 
     deviceid: str
@@ -99,7 +99,7 @@ class DeviceRecord:
 
     def as_data(self) -> dict[str, Any]:
         """The stored form (without the deviceid, which is the key)."""
-        data = asdict(self)
+        data = self._asdict()
         del data["deviceid"]
         if data["mac"] is None:
             del data["mac"]
@@ -207,7 +207,7 @@ def async_mark_flashed(
     """
     known = get_device(entry, deviceid) if entry is not None else None
     base = record or known or DeviceRecord(deviceid=deviceid)
-    flashed = replace(base, state=STATE_TASMOTA, mac=mac or base.mac)
+    flashed = base._replace(state=STATE_TASMOTA, mac=mac or base.mac)
     stored = async_remember_device(hass, entry, flashed)
     if entry is None:
         return None

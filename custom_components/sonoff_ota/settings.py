@@ -27,8 +27,9 @@ set, else the user (manual).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import config_validation as cv
@@ -41,8 +42,10 @@ from .proto.firmware_sources import FirmwareSources
 SETTINGS_KEY: Final[HassKey[Settings]] = HassKey(f"{DOMAIN}_settings")
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+# Records read at start-up are NamedTuples: HA imports this module with the integration,
+# and creating a NamedTuple class costs a fraction of a frozen dataclass (ARCHITECTURE.md,
+# "What loads when").
+class Timeouts(NamedTuple):
     """How long each waiting stage waits before it offers a retry (seconds)."""
 
     setup_ap: float = 300.0
@@ -71,8 +74,7 @@ class Timeouts:
     """After an upgrade timed out: no new one until the device is back, or this long."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):
     """Where devices and our listeners are (see the module docstring)."""
 
     setup_ap_url: str = "http://10.10.7.1"
@@ -89,7 +91,7 @@ class Settings:
     """Multiplies the pauses of paced downloads (SonOTA's 0.9 s, then 0.3 s per 1400 B)."""
     serve_from_ha: bool = True
     """Serve DIY downloads from HA's own server when it is plain HTTP."""
-    firmware: dict[str, str] = field(default_factory=dict)
+    firmware: Mapping[str, str] = MappingProxyType({})
     """Overrides of firmware source URLs (see proto.firmware_sources.FirmwareSources)."""
     wifi_hop: str = "auto"
     """Who moves the host's Wi-Fi: auto, networkmanager, supervisor or manual."""
@@ -103,13 +105,13 @@ class Settings:
     """Where the newest Tasmota release is read; default: GitHub's latest release; "": off."""
     tasmota_ota_base_url: str | None = None
     """Tasmota's OTA folder (`<base>/<build>.bin.gz`, plain http); default ota.tasmota.com."""
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    timeouts: Timeouts = Timeouts()
 
 
 _TIMEOUT_SCHEMA = vol.Schema(
     {
-        vol.Optional(f.name): vol.All(vol.Coerce(float), vol.Range(min=0.05))
-        for f in fields(Timeouts)
+        vol.Optional(name): vol.All(vol.Coerce(float), vol.Range(min=0.05))
+        for name in Timeouts._fields
     }
 )
 
@@ -128,7 +130,7 @@ SETTINGS_SCHEMA = vol.Schema(
         # Source URLs and pins of the firmware store (a local mirror, for example);
         # an unknown key is a YAML error, not a crash at the first flash.
         vol.Optional("firmware"): {
-            vol.In([f.name for f in fields(FirmwareSources) if f.name != "pinned_sha256"]): (
+            vol.In([name for name in FirmwareSources._fields if name != "pinned_sha256"]): (
                 cv.string
             )
         },

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .firmware_sources import normalize_tasmota_version, redact_url
 
@@ -21,8 +20,7 @@ class FirmwareSource(StrEnum):
     UPLOAD = "upload"  # a file the user uploaded (already validated and cached)
 
 
-@dataclass(frozen=True, slots=True)
-class FirmwareChoice:
+class FirmwareChoice(NamedTuple):
     """The user's choice of Tasmota image; `FirmwareStore.get_chosen` obtains it."""
 
     source: FirmwareSource = FirmwareSource.LATEST

@@ -10,9 +10,9 @@ image comes from its public source at runtime (spec README "Known images").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 import re
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from .image_names import USER1_NAME, USER2_NAME
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
     from .firmware_image import ImageRole
 
 
-@dataclass(frozen=True, slots=True)
-class FirmwareSources:
+class FirmwareSources(NamedTuple):
     """Where every image comes from; tests inject local URLs and pins.
 
     Tasmota: the official OTA server, plain http (diy §3.7). Nothing about any
@@ -51,7 +50,7 @@ class FirmwareSources:
     )
     user2_sha256: str | None = SONOTA_USER2_SHA256
     # Extra pins, URL -> lowercase sha256 (e.g. a checked Tasmota release).
-    pinned_sha256: Mapping[str, str] = field(default_factory=dict)
+    pinned_sha256: Mapping[str, str] = MappingProxyType({})
 
     def tasmota_release_url(self, version: str) -> str:
         """The URL of the lite build of one Tasmota release (e.g. "14.4.1")."""

@@ -8,10 +8,11 @@ No Home Assistant imports.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 import enum
 import logging
 import time
+from types import MappingProxyType
+from typing import NamedTuple
 
 from .stage_progress import Listeners, weighted_fraction
 
@@ -119,8 +120,10 @@ class IllegalTransitionError(RuntimeError):
     """A stage change the state machine does not allow (a programming error)."""
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
+# NamedTuples and a slotted class, not dataclasses: HA imports this module with the
+# integration, and a dataclass costs about a millisecond to create (ARCHITECTURE.md,
+# "What loads when").
+class HistoryEntry(NamedTuple):
     """One stage change, kept for diagnostics."""
 
     at: float
@@ -128,32 +131,45 @@ class HistoryEntry:
     note: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class FlashError:
+class FlashError(NamedTuple):
     """Why a flash ended badly: a translation key plus its placeholders."""
 
     code: str
-    placeholders: Mapping[str, str] = field(default_factory=dict)
+    placeholders: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(slots=True)
 class FlashTracker:
     """The one source of truth for a running flash."""
 
-    path: FlashPath
-    device_label: str = ""
-    """Shown in logs: the device id once known (never a secret)."""
-    stage: Stage = Stage.PREPARING
-    stage_fraction: float = 0.0
-    details: dict[str, str] = field(default_factory=dict)
-    """Non-secret facts learnt on the way (deviceid, model, romVersion...)."""
-    error: FlashError | None = None
-    history: list[HistoryEntry] = field(default_factory=list)
-    _listeners: Listeners[FlashTracker] = field(default_factory=Listeners)
+    __slots__ = (
+        "_listeners",
+        "details",
+        "device_label",
+        "error",
+        "history",
+        "path",
+        "stage",
+        "stage_fraction",
+    )
 
-    def __post_init__(self) -> None:
-        """Record the initial stage."""
-        self.history.append(HistoryEntry(time.time(), self.stage))
+    def __init__(
+        self, path: FlashPath, device_label: str = "", stage: Stage = Stage.PREPARING
+    ) -> None:
+        """Start at `stage` (a recovered flash starts where it stopped)."""
+        self.path = path
+        self.device_label = device_label
+        """Shown in logs: the device id once known (never a secret)."""
+        self.stage = stage
+        self.stage_fraction = 0.0
+        self.details: dict[str, str] = {}
+        """Non-secret facts learnt on the way (deviceid, model, romVersion...)."""
+        self.error: FlashError | None = None
+        self.history = [HistoryEntry(time.time(), stage)]
+        self._listeners: Listeners[FlashTracker] = Listeners()
+
+    def __repr__(self) -> str:
+        """The path, the stage and the device (for logs and test failures)."""
+        return f"FlashTracker({self.path}, {self.stage}, {self.device_label!r})"
 
     @property
     def order(self) -> tuple[Stage, ...]:

@@ -6,15 +6,14 @@ to translated messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SSID_MAX_BYTES = 32
 WPA_PASSWORD_MIN = 8
 WPA_PASSWORD_MAX = 63
 
 
-@dataclass(frozen=True, slots=True)
-class WifiSettings:
+class WifiSettings(NamedTuple):
     """The home network the Sonoff (and later Tasmota) should join."""
 
     ssid: str
