@@ -8,7 +8,7 @@ dashboard, a repair or a recovery uses it; after that, the function-local import
 those modules are lookups in `sys.modules`. A module-level import of a run in, say,
 `config_flow` puts the whole stack back into HA's start-up: the first test fails.
 
-Both tests import in a fresh interpreter (this one's executable), so nothing this
+The tests import in a fresh interpreter (this one's executable), so nothing this
 test session imported counts. Nothing is mocked.
 """
 
@@ -103,6 +103,29 @@ def test_start_up_imports_no_upgrade_module() -> None:
         {f"{PACKAGE}.{name}" for name in (*ONLY_UPGRADING, *ONLY_WITH_DEVICES)} & loaded
     )
     assert not leaked, "imported at start-up without devices: " + ", ".join(leaked)
+
+
+_DATACLASSES = """
+import importlib, json, sys
+for group in sys.argv[1:]:
+    for name in group.split(","):
+        importlib.import_module(name)
+print(json.dumps(sorted(
+    f"{name}.{cls.__qualname__}"
+    for name, module in list(sys.modules.items())
+    if name.startswith("custom_components.sonoff_ota")
+    for cls in vars(module).values()
+    if isinstance(cls, type) and cls.__module__ == name and "__dataclass_fields__" in vars(cls)
+)))
+"""
+
+
+def test_start_up_creates_no_dataclass() -> None:
+    """Creating a dataclass costs about a millisecond each (it compiles its methods);
+    14 of them were 45 % of the integration's import time. The records HA imports with
+    the integration are NamedTuples or slotted classes (ARCHITECTURE.md, "What loads when")."""
+    created = _modules_after(_DATACLASSES, ",".join(HA_MODULES), ",".join(OUR_MODULES))
+    assert not created, "dataclasses created at start-up: " + ", ".join(sorted(created))
 
 
 _IN_HA = """
