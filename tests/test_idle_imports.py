@@ -63,17 +63,17 @@ ONLY_WITH_DEVICES = DEVICE_MODULES
 """Loaded at set-up only when the entry knows a device (`known_devices.async_load_eligibility`),
 or with the flash stack."""
 
-_LOADED = """
+_IMPORT_GROUPS = """
 import importlib, json, sys
 for group in sys.argv[1:]:
     for name in group.split(","):
         importlib.import_module(name)
-print(json.dumps(sorted(sys.modules)))
 """
+_LOADED = _IMPORT_GROUPS + "print(json.dumps(sorted(sys.modules)))\n"
 
 
-def _modules_after(script: str, *args: str) -> set[str]:
-    """`sys.modules` a fresh interpreter prints (as JSON) once `script` ran with `args`."""
+def _printed_after(script: str, *args: str) -> set[str]:
+    """The names a fresh interpreter prints (a JSON list) once `script` ran with `args`."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and code
         [sys.executable, "-c", script, *args],
         capture_output=True,
@@ -87,7 +87,7 @@ def _modules_after(script: str, *args: str) -> set[str]:
 
 def loaded_after(*groups: tuple[str, ...]) -> set[str]:
     """`sys.modules` of a fresh interpreter once it imported `groups`, one after another."""
-    return _modules_after(_LOADED, *(",".join(group) for group in groups))
+    return _printed_after(_LOADED, *(",".join(group) for group in groups))
 
 
 def test_start_up_imports_no_flash_module() -> None:
@@ -105,11 +105,9 @@ def test_start_up_imports_no_upgrade_module() -> None:
     assert not leaked, "imported at start-up without devices: " + ", ".join(leaked)
 
 
-_DATACLASSES = """
-import importlib, json, sys
-for group in sys.argv[1:]:
-    for name in group.split(","):
-        importlib.import_module(name)
+_DATACLASSES = (
+    _IMPORT_GROUPS
+    + """
 print(json.dumps(sorted(
     f"{name}.{cls.__qualname__}"
     for name, module in list(sys.modules.items())
@@ -118,13 +116,14 @@ print(json.dumps(sorted(
     if isinstance(cls, type) and cls.__module__ == name and "__dataclass_fields__" in vars(cls)
 )))
 """
+)
 
 
 def test_start_up_creates_no_dataclass() -> None:
     """Creating a dataclass costs about a millisecond each (it compiles its methods);
     14 of them were 45 % of the integration's import time. The records HA imports with
     the integration are NamedTuples or slotted classes (ARCHITECTURE.md, "What loads when")."""
-    created = _modules_after(_DATACLASSES, ",".join(HA_MODULES), ",".join(OUR_MODULES))
+    created = _printed_after(_DATACLASSES, ",".join(HA_MODULES), ",".join(OUR_MODULES))
     assert not created, "dataclasses created at start-up: " + ", ".join(sorted(created))
 
 
@@ -152,7 +151,7 @@ print(json.dumps(sorted(sys.modules)))
 def loaded_in_ha(what: str) -> set[str]:
     """`sys.modules` of a fresh interpreter after one of our loaders ran in a real
     (not started) `HomeAssistant` with its import executor."""
-    return _modules_after(_IN_HA, what)
+    return _printed_after(_IN_HA, what)
 
 
 def test_flash_stack_brings_the_upgrade_stack() -> None:
